@@ -1,0 +1,1 @@
+"""torch.nn modules of d2lflow (no I/O, no training loops)."""

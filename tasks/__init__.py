@@ -1,0 +1,1 @@
+"""Stage implementations for d2lflow: plain, typed functions plus a small CLI (``python -m tasks``)."""

@@ -1,0 +1,57 @@
+"""`python -m tasks PIPELINE STAGE`: the thin shell dvc.yaml calls. User errors print one clear
+message and exit 2; they never end in a bare traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tasks.errors import D2lflowError
+from tasks.params import DEFAULT_PARAMS, Params, load_params
+
+PIPELINES = ("word2vec",)
+
+
+def stages(pipeline: str) -> dict[str, Callable[[Params], dict[str, Any]]]:
+    """The stage functions of a pipeline, in order (acquire first)."""
+    return importlib.import_module(f"tasks.{pipeline}.stages").STAGES
+
+
+def quiet_environment() -> None:
+    """Offline, telemetry-free defaults for the libraries we drive (a user's own setting wins)."""
+    for key, value in {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GIT_PYTHON_REFRESH": "quiet"}.items():
+        os.environ.setdefault(key, value)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("alembic", "mlflow.store", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__)
+    parser.add_argument("pipeline", choices=PIPELINES)
+    parser.add_argument("stage", help="acquire, preprocess, train, evaluate or register")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    quiet_environment()
+    setup_logging()
+    try:
+        available = stages(args.pipeline)
+        if args.stage not in available:
+            raise D2lflowError(f"unknown stage {args.stage!r} for {args.pipeline}; choose from {', '.join(available)}")
+        summary = available[args.stage](load_params(args.params))
+    except D2lflowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0

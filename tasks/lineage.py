@@ -1,0 +1,73 @@
+"""Lineage of a run: git commit and dirty flag, data.dvc hash, dvc.lock stage hashes.
+
+Read from the repository at `root` with git's and DVC's own files; a checkout without git (an
+exported copy) records 'unknown' instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+UNKNOWN = "unknown"
+# Files a reproduction rewrites by design; they do not make the source tree dirty.
+GENERATED = {"dvc.lock", "data.dvc"}
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    """{'commit', 'short', 'dirty', 'dirty_files'}: dirty means tracked source changed since the commit."""
+    commit = (_git(root, "rev-parse", "HEAD") or "").strip()
+    if not commit:
+        return {"commit": UNKNOWN, "short": UNKNOWN, "dirty": True, "dirty_files": []}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
+    changed = [line[3:].strip() for line in status.splitlines() if line.strip()]
+    changed = [path for path in changed if Path(path).name not in GENERATED]
+    return {"commit": commit, "short": commit[:8], "dirty": bool(changed), "dirty_files": changed}
+
+
+def data_hash(root: Path, dvc_file: str = "data.dvc") -> str:
+    """The md5 DVC recorded for the data directory (`outs[0].md5` of data.dvc)."""
+    path = root / dvc_file
+    if not path.is_file():
+        return UNKNOWN
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", UNKNOWN))
+
+
+def lock_stages(root: Path) -> dict[str, dict[str, Any]]:
+    path = root / "dvc.lock"
+    if not path.is_file():
+        return {}
+    return (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+
+
+def stage_hashes(root: Path, prefix: str) -> dict[str, str]:
+    """Per dvc.lock stage of a pipeline: SHA-256 (16 hex) of its canonical lock entry
+    (command, deps, params, outs with their md5s): equal hashes mean an identical stage."""
+    hashes = {}
+    for name, entry in lock_stages(root).items():
+        if name.startswith(prefix):
+            canonical = json.dumps(entry, sort_keys=True, default=str).encode()
+            hashes[name] = hashlib.sha256(canonical).hexdigest()[:16]
+    return hashes
+
+
+def out_md5(root: Path, stage: str, path: str) -> str | None:
+    """The md5 dvc.lock pins for one output of a stage (None if not locked yet)."""
+    for out in lock_stages(root).get(stage, {}).get("outs", []):
+        if out.get("path") == path:
+            return out.get("md5")
+    return None

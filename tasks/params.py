@@ -1,0 +1,207 @@
+"""params.yaml, typed and validated on load: a wrong key, type or value is an error naming the key.
+
+Every hyperparameter, path and seed lives in params.yaml; code reads it only through `load_params`.
+Relative paths in params are relative to the directory of the params file (the repository root).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from tasks.errors import ParamsError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MlflowParams(Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    registry_uri: str | None = None
+    system_metrics: bool = True
+
+
+class SyntheticPtbParams(Section):
+    sentences: int = Field(12000, ge=10)
+    groups: int = Field(12, ge=2)
+    words_per_group: int = Field(8, ge=2)
+    seed: int = 0
+
+
+class Word2vecDataParams(Section):
+    source: Literal["d2l", "local", "synthetic"] = "synthetic"
+    url: str = "http://d2l-data.s3-accelerate.amazonaws.com/ptb.zip"
+    sha1: str = "319d85e578af0cdc590547f26231e4e31cdf1e42"
+    local_path: str | None = None
+    dir: str = "data/ptb"
+    eval_dir: str = "data/word2vec_eval"
+    synthetic: SyntheticPtbParams = SyntheticPtbParams()
+
+
+class Word2vecPreprocessParams(Section):
+    min_freq: int = Field(10, ge=1)
+    subsample: bool = True
+    subsample_t: float = Field(1e-4, gt=0)
+    max_window_size: int = Field(5, ge=1)
+    num_noise_words: int = Field(5, ge=1)
+    out_dir: str = "artifacts/word2vec/preprocess"
+
+
+class Word2vecTrainParams(Section):
+    embed_size: int = Field(100, ge=1)
+    lr: float = Field(0.002, gt=0)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(512, ge=1)
+    resample_every_epoch: bool = False
+    out_dir: str = "artifacts/word2vec/train"
+    checkpoint_dir: str = "checkpoints/word2vec"
+
+
+class Word2vecEvaluateParams(Section):
+    probe_words: list[str] = ["chip", "baby", "beautiful"]
+    k: int = Field(3, ge=1)
+    wordsim353: str = "data/word2vec_eval/wordsim353.tsv"
+    simlex999: str = "data/word2vec_eval/simlex999.txt"
+    analogies: str = "data/word2vec_eval/questions-words.txt"
+    out_dir: str = "artifacts/word2vec/evaluate"
+
+
+class RegisterParams(Section):
+    model_name: str
+    primary_metric: str
+    greater_is_better: bool
+    out_dir: str
+
+
+# A section named "register" shadows ABCMeta.register on the class; instances read the field.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class Word2vecParams(Section):
+    data: Word2vecDataParams = Word2vecDataParams()
+    preprocess: Word2vecPreprocessParams = Word2vecPreprocessParams()
+    train: Word2vecTrainParams = Word2vecTrainParams()
+    evaluate: Word2vecEvaluateParams = Word2vecEvaluateParams()
+    register: RegisterParams = RegisterParams(
+        model_name="word2vec",
+        primary_metric="heldout_loss",
+        greater_is_better=False,
+        out_dir="artifacts/word2vec/register",
+    )
+
+
+class Params(Section):
+    seed: int = 0
+    device: str = "auto"
+    _root: Path | None = PrivateAttr(None)
+    mlflow: MlflowParams = MlflowParams()
+    word2vec: Word2vecParams = Word2vecParams()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def root(self) -> Path:
+        """The directory relative paths in params are resolved against (set by `load_params`)."""
+        return self._root or Path.cwd()
+
+    def path(self, relative: str) -> Path:
+        """Resolve a path from params against the params file's directory."""
+        candidate = Path(relative).expanduser()
+        return candidate if candidate.is_absolute() else self.root() / candidate
+
+
+def _format_errors(error: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid parameters:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        found = item.get("input")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}' (found value {found!r}); remove it or fix its spelling")
+        else:
+            lines.append(f"  - '{key}': {item['msg']} (found {found!r})")
+    lines.append("Fix params.yaml (see README 'Parameters') and run again.")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: Path = DEFAULT_PARAMS) -> Params:
+    """Validate a params mapping; ParamsError names every wrong key with the found value."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level, found {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_format_errors(error, source)) from None
+    params._root = source.resolve().parent
+    return params
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, path)
+
+
+def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Params as {'word2vec.train.lr': 0.002, ...}: the full keys MLflow and DVC show."""
+    data = params.model_dump() if isinstance(params, BaseModel) else params
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def set_params(path: Path | str, overrides: list[str]) -> None:
+    """Apply `key.sub=value` overrides to params.yaml in place (comments kept), like `dvc exp run -S`.
+
+    The result is validated before it is written, so a bad override leaves the file untouched.
+    """
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    rt = YAML()
+    rt.preserve_quotes = True
+    document = rt.load(path.read_text())
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"override {override!r}: expected KEY=VALUE, e.g. word2vec.train.lr=0.01")
+        value = yaml.safe_load(text) if text else ""
+        node = document
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ParamsError(f"override {override!r}: '{part}' is not a section of {path}")
+            node = node[part]
+        node[parts[-1]] = value
+    import io
+
+    buffer = io.StringIO()
+    rt.dump(document, buffer)
+    parse_params(yaml.safe_load(buffer.getvalue()), path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    tmp.replace(path)

@@ -1,0 +1,83 @@
+"""Device choice, seeding, checkpoints and library versions: the runtime facts every training stage shares."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import random
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks.atomic import atomic_path
+from tasks.errors import D2lflowError
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "mlflow", "dvc", "prefect", "gensim")
+
+
+def select_device(spec: str) -> torch.device:
+    """`auto` → CUDA when present, else CPU; an explicit `cuda` without a GPU is an error, not a fallback."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise D2lflowError(f"params.yaml: device is '{spec}' but CUDA is not available on this machine; "
+                           "set `device: auto` (or `cpu`) to train on the CPU")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch and ask torch for deterministic kernels (warn where none exist)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def hash_tree(path: Path) -> str:
+    """SHA-256 over the relative names and bytes of every file under `path` (or of one file)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (a kill mid-write leaves the previous one intact)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written for the same inputs and params, else None."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt checkpoint is not trusted, training starts over
+        log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, error)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.info("checkpoint %s was written for other params or data; starting from scratch", path)
+        return None
+    return state

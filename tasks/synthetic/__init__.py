@@ -1,0 +1,1 @@
+"""Deterministic synthetic datasets in the real on-disk layouts, for offline runs and tests."""

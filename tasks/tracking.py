@@ -1,0 +1,217 @@
+"""MLflow at the edges: one experiment per pipeline, one run per trained model, lineage tags,
+registration with the champion/challenger rule.
+
+The train stage opens the run (live per-epoch metrics) and records its id in a small JSON; the
+evaluate and register stages reopen that run. The tracking URI comes from `MLFLOW_TRACKING_URI`
+when set, else from params (`mlflow.tracking_uri`, an embedded SQLite file by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tasks import lineage
+from tasks.atomic import read_json, write_json
+from tasks.errors import D2lflowError
+from tasks.params import Params, RegisterParams, flatten
+from tasks.runtime import library_versions
+
+log = logging.getLogger(__name__)
+
+TAG = "d2lflow."
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def _absolute_sqlite(uri: str, root: Path) -> str:
+    """`sqlite:///mlflow.db` is relative to the working directory; pin it to the repository root."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def configure(params: Params) -> str:
+    """Point MLflow at the configured tracking (and registry) store; returns the tracking URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or _absolute_sqlite(params.mlflow.tracking_uri, params.root())
+    mlflow.set_tracking_uri(uri)
+    registry = os.environ.get("MLFLOW_REGISTRY_URI") or params.mlflow.registry_uri
+    if registry:
+        mlflow.set_registry_uri(_absolute_sqlite(registry, params.root()))
+    return uri
+
+
+def experiment_id(pipeline: str, params: Params) -> str:
+    """The pipeline's experiment (created on first use, artifacts under `mlflow.artifact_root`)."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(pipeline)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = params.path(params.mlflow.artifact_root).joinpath(pipeline).resolve().as_uri()
+    try:
+        return client.create_experiment(pipeline, artifact_location=location)
+    except MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(pipeline).experiment_id
+
+
+def lineage_tags(params: Params, pipeline: str, device: str) -> dict[str, str]:
+    """Git commit and dirty flag, data.dvc hash, dvc.lock stage hashes, seed, device, versions."""
+    root = params.root()
+    git = lineage.git_state(root)
+    tags = {
+        f"{TAG}pipeline": pipeline,
+        f"{TAG}git_commit": git["commit"],
+        f"{TAG}git_dirty": str(git["dirty"]).lower(),
+        f"{TAG}data_dvc_md5": lineage.data_hash(root),
+        f"{TAG}seed": str(params.seed),
+        f"{TAG}device": device,
+        "mlflow.source.git.commit": git["commit"],
+    }
+    if git["dirty_files"]:
+        tags[f"{TAG}git_dirty_files"] = ", ".join(git["dirty_files"])[:4000]
+    for stage, digest in lineage.stage_hashes(root, f"{pipeline}_").items():
+        tags[f"{TAG}dvc_lock.{stage}"] = digest
+    for name, version in library_versions().items():
+        tags[f"{TAG}version.{name}"] = version
+    if os.environ.get("DVC_EXP_NAME"):
+        tags[f"{TAG}dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def run_name(pipeline: str, params: Params) -> str:
+    short = lineage.git_state(params.root())["short"]
+    name = f"{pipeline}-{short}"
+    return f"{name}-{os.environ['DVC_EXP_NAME']}" if os.environ.get("DVC_EXP_NAME") else name
+
+
+def pipeline_params(params: Params, pipeline: str) -> dict[str, Any]:
+    """The params a run depends on, with full keys: shared ones plus the pipeline's section."""
+    flat = flatten({"seed": params.seed, "device": params.device, pipeline: getattr(params, pipeline).model_dump()})
+    return {key: ("null" if value is None else value) for key, value in flat.items()}
+
+
+@contextmanager
+def training_run(pipeline: str, params: Params, device: str, run_file: Path, dataset_dir: Path | None = None,
+                 resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start the run of a training stage: params, lineage tags, the dataset as an input, and
+    system metrics; its id goes to `run_file` for the later stages of the same pipeline.
+    `resume_run_id` (from a checkpoint) continues the interrupted run when the store still has it."""
+    configure(params)
+    if resume_run_id:
+        try:
+            MlflowClient().get_run(resume_run_id)
+        except MlflowException:
+            resume_run_id = None
+    start = ({"run_id": resume_run_id} if resume_run_id else
+             {"experiment_id": experiment_id(pipeline, params), "run_name": run_name(pipeline, params)})
+    with mlflow.start_run(**start, tags=lineage_tags(params, pipeline, device),
+                          log_system_metrics=params.mlflow.system_metrics) as run:
+        if not resume_run_id:
+            mlflow.log_params(pipeline_params(params, pipeline))
+        if dataset_dir is not None:
+            _log_dataset(params, dataset_dir)
+        write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+        yield run
+
+
+def _log_dataset(params: Params, dataset_dir: Path) -> None:
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    digest = lineage.data_hash(params.root())
+    source = LocalArtifactDatasetSource(str(dataset_dir.resolve()))
+    mlflow.log_input(MetaDataset(source=source, name=dataset_dir.name, digest=digest[:36]), context="training")
+
+
+@contextmanager
+def reopened_run(pipeline: str, params: Params, run_file: Path) -> Iterator[mlflow.ActiveRun]:
+    """Reopen the run the train stage started. If this tracking store does not have it (outputs
+    pulled from a DVC remote, another store), a new run is started and says so in a tag."""
+    configure(params)
+    recorded = read_json(run_file)["run_id"] if run_file.is_file() else None
+    if recorded is not None:
+        try:
+            MlflowClient().get_run(recorded)
+        except MlflowException:
+            log.warning("run %s is not in %s; starting a new run for this model", recorded, mlflow.get_tracking_uri())
+        else:
+            with mlflow.start_run(run_id=recorded) as run:
+                yield run
+            return
+    tags = lineage_tags(params, pipeline, params.device)
+    if recorded:
+        tags[f"{TAG}trained_in_run"] = recorded
+    with mlflow.start_run(experiment_id=experiment_id(pipeline, params), run_name=run_name(pipeline, params),
+                          tags=tags) as run:
+        mlflow.log_params(pipeline_params(params, pipeline))
+        yield run
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log the numeric, finite entries of a (flat) metrics dict."""
+    numeric = {k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if numeric:
+        mlflow.log_metrics(numeric, step=step)
+
+
+def primary_value(metrics: dict[str, Any], cfg: RegisterParams) -> float:
+    """The metric that decides the champion; missing or not finite is an error before anything is logged."""
+    value = metrics.get(cfg.primary_metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise D2lflowError(
+            f"register.primary_metric '{cfg.primary_metric}' is {value!r} in the metrics; "
+            f"choose one of {sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))} in params.yaml"
+        )
+    return float(value)
+
+
+def _champion_value(client: MlflowClient, name: str, metric: str) -> tuple[str | None, float | None]:
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    recorded = version.tags.get(f"{TAG}primary_metric_value")
+    if version.tags.get(f"{TAG}primary_metric") == metric and recorded is not None:
+        return version.version, float(recorded)
+    run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    return version.version, run_metrics.get(metric)
+
+
+def register_version(model_uri: str, run_id: str, metrics: dict[str, Any], cfg: RegisterParams) -> dict[str, Any]:
+    """Register `model_uri` as a new version of `cfg.model_name`. The alias `champion` moves to it
+    only when its primary metric beats the champion's; otherwise it gets `challenger`."""
+    value = primary_value(metrics, cfg)
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, cfg.model_name, tags={
+        f"{TAG}primary_metric": cfg.primary_metric,
+        f"{TAG}primary_metric_value": repr(value),
+        f"{TAG}run_id": run_id,
+    })
+    champion, champion_value = _champion_value(client, cfg.model_name, cfg.primary_metric)
+    better = champion_value is None or (value > champion_value if cfg.greater_is_better else value < champion_value)
+    alias = CHAMPION if better else CHALLENGER
+    client.set_registered_model_alias(cfg.model_name, alias, version.version)
+    log.info("registered %s version %s (%s %s=%.6g, champion was %s)", cfg.model_name, version.version, alias,
+             cfg.primary_metric, value, champion_value)
+    return {
+        "name": cfg.model_name,
+        "version": int(version.version),
+        "run_id": run_id,
+        "alias": alias,
+        "primary_metric": cfg.primary_metric,
+        "primary_metric_value": value,
+        "previous_champion_version": None if champion is None else int(champion),
+        "previous_champion_value": champion_value,
+    }

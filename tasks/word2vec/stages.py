@@ -1,0 +1,181 @@
+"""The word2vec stages as the CLI, DVC and Prefect run them: read params, call the pure functions,
+write outputs atomically, log to MLflow. One function per stage; each returns a small summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+
+from tasks import tracking
+from tasks.acquire import acquire as acquire_data
+from tasks.atomic import atomic_path, read_json, write_json, write_text
+from tasks.errors import DataError
+from tasks.params import Params
+from tasks.runtime import hash_tree, load_checkpoint, seed_everything, select_device
+from tasks.synthetic.ptb import write_synthetic_ptb
+from tasks.word2vec import evaluate as ev
+from tasks.word2vec import preprocess as pp
+from tasks.word2vec import train as tr
+
+log = logging.getLogger(__name__)
+
+PIPELINE = "word2vec"
+EVAL_FILES = ("wordsim353.tsv", "simlex999.txt", "questions-words.txt")
+
+
+def acquire(params: Params) -> dict[str, Any]:
+    """PTB into `word2vec.data.dir` from the configured source; the evaluation sets into `eval_dir`."""
+    cfg = params.word2vec.data
+    target = params.path(cfg.dir)
+    acquire_data(cfg.source, target, "ptb.train.txt", url=cfg.url, sha1=cfg.sha1,
+                 local_path=params.path(cfg.local_path) if cfg.local_path else None,
+                 synthetic=lambda path: write_synthetic_ptb(path, cfg.synthetic))
+    if not (target / "ptb.valid.txt").is_file():
+        raise DataError(f"{target}: ptb.valid.txt is missing; the held-out loss needs it")
+    copied = copy_eval_sets(params.path(cfg.eval_dir))
+    return {"dir": str(target), "source": cfg.source, "eval_sets": copied}
+
+
+def copy_eval_sets(target: Path) -> list[str]:
+    """WordSim-353, SimLex-999 and Google analogies from the gensim wheel's test data (LGPL)."""
+    try:
+        from gensim.test.utils import datapath
+    except ImportError:
+        raise DataError("the evaluation sets come from the gensim package, which is not installed; "
+                        "`pip install gensim` or point word2vec.evaluate.* at your own files") from None
+    target.mkdir(parents=True, exist_ok=True)
+    for name in EVAL_FILES:
+        with atomic_path(target / name) as tmp:
+            shutil.copyfile(datapath(name), tmp)
+    return list(EVAL_FILES)
+
+
+def preprocess(params: Params) -> dict[str, Any]:
+    cfg = params.word2vec
+    return pp.preprocess(params.path(cfg.data.dir), params.path(cfg.preprocess.out_dir), cfg.preprocess, params.seed)
+
+
+def _train_outputs(params: Params) -> dict[str, Path]:
+    out = params.path(params.word2vec.train.out_dir)
+    return {"model": out / "model.pt", "history": out / "history.csv", "metrics": out / "metrics.json",
+            "run": out / "run.json"}
+
+
+def train(params: Params) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint of the same inputs and params), then write the model,
+    the per-epoch history (DVC plot) and the train metrics."""
+    cfg = params.word2vec
+    pre_dir = params.path(cfg.preprocess.out_dir)
+    vocab = pp.load_vocab(pre_dir)
+    samples, corpus = pp.load_samples(pre_dir / "train"), pp.load_corpus(pre_dir / "train_corpus")
+    device = select_device(params.device)
+    seed_everything(params.seed)
+    fingerprint = tr.fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
+                                 cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
+                                 hash_tree(pre_dir))
+    checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
+    state = load_checkpoint(checkpoint, fingerprint)
+    outputs = _train_outputs(params)
+    with tracking.training_run(PIPELINE, params, str(device), outputs["run"], params.path(cfg.data.dir),
+                               resume_run_id=state.get("run_id") if state else None) as run:
+        def on_epoch(record: dict) -> None:
+            tracking.log_metrics({"train_loss": record["loss"], "center_words_per_s": record["center_words_per_s"],
+                                  "epoch_seconds": record["seconds"]}, step=record["epoch"])
+
+        result = tr.train(samples, corpus, vocab.counts, len(vocab), cfg.train, cfg.preprocess, params.seed,
+                          device, checkpoint, fingerprint, state=state, run_id=run.info.run_id, on_epoch=on_epoch)
+        history = result.history
+        metrics = {
+            "final_epoch_loss": history[-1]["loss"],
+            "mean_epoch_loss": sum(h["loss"] for h in history) / len(history),
+            "center_words_per_s": sum(h["center_words_per_s"] for h in history) / len(history),
+            "epochs": len(history),
+            "resumed_from_epoch": result.resumed_from_epoch,
+        }
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "center_words_per_s"})
+        with atomic_path(outputs["model"]) as tmp:
+            torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
+        write_text(outputs["history"], "epoch,loss,center_words_per_s,seconds\n" + "".join(
+            f"{h['epoch']},{h['loss']:.6f},{h['center_words_per_s']:.1f},{h['seconds']:.3f}\n" for h in history))
+        write_json(outputs["metrics"], {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
+    return metrics
+
+
+def _load_model(params: Params, vocab_size: int) -> torch.nn.Module:
+    from models.skipgram import SkipGram
+
+    model = SkipGram(vocab_size, params.word2vec.train.embed_size)
+    state = torch.load(_train_outputs(params)["model"], map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model
+
+
+def evaluate(params: Params) -> dict[str, Any]:
+    """Neighbours of the probe words, similarity and analogy scores, held-out loss → one metrics JSON."""
+    cfg = params.word2vec
+    pre_dir = params.path(cfg.preprocess.out_dir)
+    vocab = pp.load_vocab(pre_dir)
+    model = _load_model(params, len(vocab))
+    unit = ev.normalise(model.embed_v.weight.detach().numpy())
+    ws = ev.similarity_spearman(unit, vocab, ev.read_pairs(params.path(cfg.evaluate.wordsim353)))
+    sl = ev.similarity_spearman(unit, vocab, ev.read_pairs(params.path(cfg.evaluate.simlex999)))
+    an = ev.analogy_accuracy(unit, vocab, ev.read_analogies(params.path(cfg.evaluate.analogies)))
+    metrics = {
+        "heldout_loss": ev.heldout_loss(model, pp.load_samples(pre_dir / "valid")),
+        "wordsim353_spearman": ws["spearman"], "wordsim353_pairs": ws["pairs"], "wordsim353_total": ws["total"],
+        "simlex999_spearman": sl["spearman"], "simlex999_pairs": sl["pairs"], "simlex999_total": sl["total"],
+        "analogy_accuracy": an["accuracy"], "analogy_questions": an["questions"], "analogy_total": an["total"],
+        "vocab_size": len(vocab),
+    }
+    neighbours = {word: ev.nearest(unit, vocab, word, cfg.evaluate.k) for word in cfg.evaluate.probe_words}
+    out = params.path(cfg.evaluate.out_dir)
+    with tracking.reopened_run(PIPELINE, params, _train_outputs(params)["run"]):
+        tracking.log_metrics(metrics)
+        mlflow.log_dict(neighbours, "evaluation/neighbours.json")
+    write_json(out / "neighbours.json", neighbours)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def register(params: Params) -> dict[str, Any]:
+    """Log the model (pyfunc: words → embeddings) to the run and register it with the alias rule."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from tasks.runtime import library_versions
+    from tasks.word2vec.serving import INPUT_COLUMN, Word2vecEmbeddings
+
+    cfg = params.word2vec
+    metrics = read_json(params.path(cfg.evaluate.out_dir) / "metrics.json")
+    tracking.primary_value(metrics, cfg.register)  # fail before anything is logged
+    pre_dir = params.path(cfg.preprocess.out_dir)
+    vocab = pp.load_vocab(pre_dir)
+    example = pd.DataFrame({INPUT_COLUMN: vocab.idx_to_token[1:4]})
+    model = _load_model(params, len(vocab))
+    signature = infer_signature(example, model.embed_v.weight.detach().numpy()[1:4])
+    versions = library_versions()
+    with tracking.reopened_run(PIPELINE, params, _train_outputs(params)["run"]) as run:
+        mlflow.set_tags(tracking.lineage_tags(params, PIPELINE, params.device))
+        mlflow.log_artifact(str(params.root() / "params.yaml"), "lineage")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Word2vecEmbeddings(),
+            artifacts={"weights": str(_train_outputs(params)["model"]), "vocab": str(pre_dir / "vocab.json")},
+            code_paths=[str(Path(__file__).resolve().parents[1])],
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"mlflow=={versions['mlflow']}", f"torch=={versions['torch']}",
+                              f"numpy=={versions['numpy']}", f"pandas=={versions['pandas']}"],
+        )
+        registered = tracking.register_version(info.model_uri, run.info.run_id, metrics, cfg.register)
+    write_json(params.path(cfg.register.out_dir) / "registered.json", registered)
+    return registered
+
+
+STAGES = {"acquire": acquire, "preprocess": preprocess, "train": train, "evaluate": evaluate, "register": register}

@@ -1,0 +1,158 @@
+"""word2vec training (d2l 15.4): skip-gram, masked sigmoid BCE, Adam; checkpoint every epoch, resume.
+
+Each epoch's examples are shuffled and flattened once with NumPy (no padding: the book pads every
+batch to its longest example, over half of it zeros), so a batch is a slice: no Python collate, no
+DataLoader. The loss is the book's: per example the mean BCE over its real entries, summed over the
+batch. Each epoch's shuffle (and, optionally, its resampling of contexts and negatives) has its own
+seed, so a run resumed from a checkpoint ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from models.skipgram import SkipGram
+from tasks.errors import D2lflowError
+from tasks.params import Word2vecPreprocessParams, Word2vecTrainParams
+from tasks.runtime import save_checkpoint
+from tasks.word2vec.preprocess import Corpus, Samples, make_samples, split_rng
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entries:
+    """One epoch's examples, shuffled and flattened without padding: per center its contexts, then
+    its negatives. Batch b covers entries offsets[b*B]:offsets[(b+1)*B], a slice, not a copy."""
+
+    offsets: torch.Tensor  # (N+1,) int64: where each center's entries start
+    centers: torch.Tensor  # (n,) center id of each entry
+    words: torch.Tensor  # (n,) context or noise word id
+    labels: torch.Tensor  # (n,) 1.0 for contexts, 0.0 for negatives
+    weights: torch.Tensor  # (n,) 1 / entries of its center: summing gives the per-example mean
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def flatten_examples(samples: Samples, order: np.ndarray) -> Entries:
+    """The examples of `samples` in `order`, as flat arrays (vectorised segment gather)."""
+    n_ctx = np.diff(samples.ctx_offsets)[order]
+    n_neg = np.diff(samples.neg_offsets)[order]
+    lengths = n_ctx + n_neg
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    row = np.repeat(np.arange(len(order)), lengths)
+    k = np.arange(offsets[-1]) - offsets[row]
+    is_ctx = k < n_ctx[row]
+    words = np.empty(offsets[-1], dtype=np.int64)
+    words[is_ctx] = samples.contexts[(samples.ctx_offsets[order][row] + k)[is_ctx]]
+    words[~is_ctx] = samples.negatives[(samples.neg_offsets[order][row] + k - n_ctx[row])[~is_ctx]]
+    return Entries(
+        offsets=torch.from_numpy(offsets),
+        centers=torch.from_numpy(samples.centers[order][row].astype(np.int64)),
+        words=torch.from_numpy(words),
+        labels=torch.from_numpy(is_ctx.astype(np.float32)),
+        weights=torch.from_numpy((1.0 / lengths[row]).astype(np.float32)),
+    )
+
+
+def batchify(examples: list[tuple[int, list[int], list[int]]]):
+    """d2l's `batchify`: (center, contexts, negatives) triples → padded (centers (B,1),
+    contexts_negatives (B,L), masks (B,L), labels (B,L)); the form `SkipGram.forward` takes."""
+    width = max(len(c) + len(n) for _, c, n in examples)
+    centers = torch.tensor([[c] for c, _, _ in examples])
+    words = torch.tensor([c + n + [0] * (width - len(c) - len(n)) for _, c, n in examples])
+    masks = torch.tensor([[1.0] * (len(c) + len(n)) + [0.0] * (width - len(c) - len(n)) for _, c, n in examples])
+    labels = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for _, c, _ in examples])
+    return centers, words, masks, labels
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffle of one epoch: depends only on (seed, epoch), so resuming replays it exactly."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 3, epoch])).permutation(n)
+
+
+def ragged_loss(model: SkipGram, entries: Entries, lo: int, hi: int) -> torch.Tensor:
+    """Sum over the centers of entries[lo:hi] of their masked mean BCE (the book's per-example loss)."""
+    logits = model.pair_logits(entries.centers[lo:hi], entries.words[lo:hi])
+    bce = F.binary_cross_entropy_with_logits(logits, entries.labels[lo:hi], reduction="none")
+    return (bce * entries.weights[lo:hi]).sum()
+
+
+@dataclass
+class TrainResult:
+    model: SkipGram
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def fingerprint(*parts: object) -> str:
+    """Identifies what a checkpoint was trained on: params and input hashes."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int, cfg: Word2vecTrainParams,
+          pre_cfg: Word2vecPreprocessParams, seed: int, device: torch.device, checkpoint: Path,
+          run_fingerprint: str, state: dict | None = None, run_id: str = "",
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train for `cfg.epochs`, resuming from `state` (a checkpoint loaded by `load_checkpoint` for
+    the same `run_fingerprint`) when given; a checkpoint is written to `checkpoint` after every epoch.
+
+    `samples` is the preprocess stage's draw (used for every epoch, as the book does, unless
+    `cfg.resample_every_epoch`, where epoch e > 0 draws anew from `corpus` with its own seed).
+    """
+    torch.manual_seed(seed)
+    model = SkipGram(vocab_size, cfg.embed_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+    result = TrainResult(model)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        result.history = list(state["history"])
+        result.resumed_from_epoch = int(state["epoch"])
+        log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
+
+    drawn = samples
+    for epoch in range(result.resumed_from_epoch, cfg.epochs):
+        start = time.perf_counter()
+        if cfg.resample_every_epoch and epoch > 0:
+            _, drawn = make_samples(corpus, counts, pre_cfg, split_rng(seed, "train", epoch))
+        entries = flatten_examples(drawn, epoch_order(len(drawn), seed, epoch))
+        entries = Entries(*(t.to(device) for t in (entries.offsets, entries.centers, entries.words,
+                                                    entries.labels, entries.weights)))
+        bounds = entries.offsets[::cfg.batch_size].tolist() + [int(entries.offsets[-1])]
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        progress = tqdm(range(len(bounds) - 1), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
+        for b in progress:
+            loss = ragged_loss(model, entries, bounds[b], bounds[b + 1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        examples = len(entries)
+        loss_sum = float(loss_sum)
+        seconds = time.perf_counter() - start
+        if not np.isfinite(loss_sum):
+            raise D2lflowError(f"epoch {epoch + 1}: the loss is not finite ({loss_sum}); lower word2vec.train.lr")
+        record = {"epoch": epoch + 1, "loss": loss_sum / examples, "seconds": seconds,
+                  "center_words_per_s": examples / seconds}
+        result.history.append(record)
+        log.info("epoch %d: loss %.4f, %.0f center words/s", epoch + 1, record["loss"], record["center_words_per_s"])
+        save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "history": result.history,
+                                     "fingerprint": run_fingerprint, "run_id": run_id})
+        if on_epoch is not None:
+            on_epoch(record)
+    return result
