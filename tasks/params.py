@@ -180,9 +180,16 @@ def set_params(path: Path | str, overrides: list[str]) -> None:
     The result is validated before it is written, so a bad override leaves the file untouched.
     """
     from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
 
+    class Representer(RoundTripRepresenter):
+        """Writes None as `null` (ruamel's default is an empty value), in a subclass so the shared
+        representer DVC uses in this process is untouched."""
+
+    Representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     path = Path(path)
     rt = YAML()
+    rt.Representer = Representer
     rt.preserve_quotes = True
     document = rt.load(path.read_text())
     for override in overrides:

@@ -65,8 +65,9 @@ def experiment_id(pipeline: str, params: Params) -> str:
         return client.get_experiment_by_name(pipeline).experiment_id
 
 
-def lineage_tags(params: Params, pipeline: str, device: str) -> dict[str, str]:
-    """Git commit and dirty flag, data.dvc hash, dvc.lock stage hashes, seed, device, versions."""
+def lineage_tags(params: Params, pipeline: str, device: str | None = None) -> dict[str, str]:
+    """Git commit and dirty flag, data.dvc hash, dvc.lock stage hashes, seed, versions, and the
+    device when the caller knows it (the train stage; later stages keep the train stage's tag)."""
     root = params.root()
     git = lineage.git_state(root)
     tags = {
@@ -75,9 +76,10 @@ def lineage_tags(params: Params, pipeline: str, device: str) -> dict[str, str]:
         f"{TAG}git_dirty": str(git["dirty"]).lower(),
         f"{TAG}data_dvc_md5": lineage.data_hash(root),
         f"{TAG}seed": str(params.seed),
-        f"{TAG}device": device,
         "mlflow.source.git.commit": git["commit"],
     }
+    if device is not None:
+        tags[f"{TAG}device"] = device
     if git["dirty_files"]:
         tags[f"{TAG}git_dirty_files"] = ", ".join(git["dirty_files"])[:4000]
     for stage, digest in lineage.stage_hashes(root, f"{pipeline}_").items():
@@ -149,7 +151,7 @@ def reopened_run(pipeline: str, params: Params, run_file: Path) -> Iterator[mlfl
             with mlflow.start_run(run_id=recorded) as run:
                 yield run
             return
-    tags = lineage_tags(params, pipeline, params.device)
+    tags = lineage_tags(params, pipeline)
     if recorded:
         tags[f"{TAG}trained_in_run"] = recorded
     with mlflow.start_run(experiment_id=experiment_id(pipeline, params), run_name=run_name(pipeline, params),

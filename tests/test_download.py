@@ -7,77 +7,13 @@ import io
 import os
 import re
 import tarfile
-import threading
 import zipfile
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tasks.download import fetch, safe_extract, sha1_of
 from tasks.errors import DataError, DownloadError
-
-
-class _RangeHandler(SimpleHTTPRequestHandler):
-    """Serves files, honours ``Range: bytes=N-`` and can cut one response after N bytes."""
-
-    def log_message(self, format: str, *args: object) -> None:  # silence the server
-        pass
-
-    def do_GET(self) -> None:
-        srv = self.server
-        srv.requests.append((self.path, self.headers.get("Range")))  # type: ignore[attr-defined]
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404, "Not Found")
-            return
-        data = path.read_bytes()
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if match:
-            start = int(match.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        cut = srv.cut_after  # type: ignore[attr-defined]
-        if cut is not None:
-            srv.cut_after = None  # type: ignore[attr-defined]
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """Yield (base_url, served_dir, httpd); httpd.requests logs (path, Range) per GET."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    root = tmp_path / "served"
-    root.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=str(root)))
-    httpd.requests = []  # type: ignore[attr-defined]
-    httpd.cut_after = None  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
 
 
 def _make_zip(path: Path, files: dict[str, bytes]) -> Path:

@@ -71,7 +71,8 @@ def _sentences(cfg: SyntheticPtbParams, n: int, rng: np.random.Generator) -> lis
     tokens[is_noise] = content[rng.integers(0, len(content), size=int(is_noise.sum()))]
     rare = rng.integers(0, len(rare_tail) + 1, size=int(is_rare.sum()))
     tokens[is_rare] = np.where(rare == len(rare_tail), "<unk>", rare_tail[np.minimum(rare, len(rare_tail) - 1)])
-    # "join": rare but frequent enough for the vocabulary (f(w) < t, so subsampling keeps it).
+    # "join": rare but in the vocabulary; from ~120k tokens on (the default is ~390k) f(join) < t,
+    # so subsampling always keeps it, as it does in PTB.
     join_at = rng.choice(total, size=max(12, total // 40000), replace=False)
     tokens[join_at] = RARE_WORD
     bounds = np.concatenate([[0], np.cumsum(lengths)])

@@ -161,7 +161,7 @@ def register(params: Params) -> dict[str, Any]:
     signature = infer_signature(example, model.embed_v.weight.detach().numpy()[1:4])
     versions = library_versions()
     with tracking.reopened_run(PIPELINE, params, _train_outputs(params)["run"]) as run:
-        mlflow.set_tags(tracking.lineage_tags(params, PIPELINE, params.device))
+        mlflow.set_tags(tracking.lineage_tags(params, PIPELINE))
         mlflow.log_artifact(str(params.root() / "params.yaml"), "lineage")
         info = mlflow.pyfunc.log_model(
             name="model",

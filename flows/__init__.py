@@ -1,0 +1,1 @@
+"""Prefect flows and the d2lflow command line."""

@@ -1,0 +1,80 @@
+"""`d2lflow`: the user's entry point.
+
+  d2lflow run word2vec [-S key=value ...] [--no-prefect]   acquire + every stage, ends with a registered model
+  d2lflow acquire word2vec                                 acquire the raw data and `dvc add data`
+
+`-S` edits params.yaml in place (validated first), like `dvc exp run -S`, so what ran is what the
+commit records. Errors print one message naming what was wrong and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tasks.cli import PIPELINES, quiet_environment, setup_logging, stages
+from tasks.errors import D2lflowError
+from tasks.params import load_params, set_params
+
+
+def _prefect_defaults(root: Path) -> None:
+    """Prefect's temporary server, with room to start on a slow laptop; a user's settings win."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="d2lflow", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="acquire data, run every DVC stage, register the model")
+    run.add_argument("pipeline", choices=PIPELINES)
+    run.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a value in params.yaml first, e.g. -S word2vec.data.source=d2l")
+    run.add_argument("--no-prefect", action="store_true", help="run `dvc repro` directly instead of the Prefect flow")
+    run.add_argument("--skip-acquire", action="store_true", help="use data/ as it is (e.g. after `dvc pull`)")
+    acquire = sub.add_parser("acquire", help="acquire the raw data of a pipeline and version it (dvc add data)")
+    acquire.add_argument("pipeline", choices=PIPELINES)
+    for command in (run, acquire):
+        command.add_argument("--root", default=".", help="repository root (default: current directory)")
+    args = parser.parse_args(argv)
+
+    quiet_environment()
+    setup_logging()
+    root = Path(args.root).resolve()
+    try:
+        if args.command == "acquire":
+            from tasks.acquire import dvc_add
+
+            summary = stages(args.pipeline)["acquire"](load_params(root / "params.yaml"))
+            dvc_add(root, "data")
+        else:
+            if args.overrides:
+                set_params(root / "params.yaml", args.overrides)
+            load_params(root / "params.yaml")  # a bad params file fails before anything runs
+            if args.no_prefect:
+                summary = _run_without_prefect(args.pipeline, root, acquire=not args.skip_acquire)
+            else:
+                _prefect_defaults(root)
+                from flows.pipeline import pipeline_flow
+
+                summary = pipeline_flow(args.pipeline, str(root), acquire=not args.skip_acquire)
+    except D2lflowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _run_without_prefect(pipeline: str, root: Path, acquire: bool) -> dict:
+    from flows.pipeline import dvc_stages, run_dvc, summary_markdown
+    from tasks.acquire import dvc_add
+
+    if acquire:
+        stages(pipeline)["acquire"](load_params(root / "params.yaml"))
+        dvc_add(root, "data")
+    for stage in dvc_stages(root, pipeline):
+        print(run_dvc(root, "repro", "--single-item", stage), file=sys.stderr)
+    return summary_markdown(pipeline, root)[1]

@@ -1,0 +1,139 @@
+"""Test isolation: every test gets its own MLflow store, Prefect home, DVC-free cache and download
+cache under tmp_path; end-to-end tests work in a temporary git copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("env")
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_", "DVC_"))]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("PREFECT_HOME", str(home / "prefect"))
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    monkeypatch.setenv("D2LFLOW_CACHE", str(home / "cache"))
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.email=ci@d2lflow", "-c", "user.name=d2lflow-ci", *args], cwd=root,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def copy_repo(target: Path, overrides: list[str] | None = None) -> Path:
+    """The repository's tracked and unignored files (no data, artifacts or stores) as a fresh git
+    repository with one clean commit, after applying params overrides."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("tests/", "benchmarks/")):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    if overrides:
+        from tasks.params import set_params
+
+        set_params(target / "params.yaml", overrides)
+    git(target, "init", "-q", "-b", "main")
+    git(target, "add", "-A")
+    git(target, "commit", "-q", "-m", "copy of the repository under test")
+    return target
+
+
+def run(root: Path, *command: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in `root`; on failure the assertion shows its output."""
+    done = subprocess.run(list(command), cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    return copy_repo(tmp_path / "repo")
+
+
+# ----------------------------------------------------------------------------- local HTTP server
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """Serves files, honours ``Range: bytes=N-`` and can cut one response after N bytes."""
+
+    def log_message(self, format: str, *args: object) -> None:  # silence the server
+        pass
+
+    def do_GET(self) -> None:
+        srv = self.server
+        srv.requests.append((self.path, self.headers.get("Range")))  # type: ignore[attr-defined]
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404, "Not Found")
+            return
+        data = path.read_bytes()
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if match:
+            start = int(match.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = srv.cut_after  # type: ignore[attr-defined]
+        if cut is not None:
+            srv.cut_after = None  # type: ignore[attr-defined]
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """Yield (base_url, served_dir, httpd); httpd.requests logs (path, Range) per GET."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    root = tmp_path / "served"
+    root.mkdir()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=str(root)))
+    httpd.requests = []  # type: ignore[attr-defined]
+    httpd.cut_after = None  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
