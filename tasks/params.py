@@ -100,12 +100,79 @@ class Word2vecParams(Section):
     )
 
 
+class SyntheticVocParams(Section):
+    train_images: int = Field(40, ge=1)
+    val_images: int = Field(16, ge=1)
+    image_size: tuple[int, int] = (360, 500)  # (height, width) of the usual image; sizes vary around it
+    small_fraction: float = Field(0.15, ge=0, le=1)  # images smaller than the crop (dropped by the filter)
+    max_objects: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class SegmentationDataParams(Section):
+    source: Literal["d2l", "local", "synthetic"] = "synthetic"
+    url: str = "http://d2l-data.s3-accelerate.amazonaws.com/VOCtrainval_11-May-2012.tar"
+    sha1: str = "4e443f8a2eca6b1dac8a6c57641b67dd40621a49"
+    local_path: str | None = None
+    dir: str = "data/VOCdevkit"
+    synthetic: SyntheticVocParams = SyntheticVocParams()
+
+
+class SegmentationPreprocessParams(Section):
+    crop_size: tuple[int, int] = (320, 480)  # (height, width); multiples of 32 keep FCN output = input
+    on_bad_sample: Literal["error", "skip"] = "error"
+    out_dir: str = "artifacts/segmentation/preprocess"
+
+    @field_validator("crop_size")
+    @classmethod
+    def _multiple_of_32(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(side <= 0 or side % 32 for side in value):
+            raise ValueError("both sides must be positive multiples of 32 (the FCN's stride)")
+        return value
+
+
+class SegmentationTrainParams(Section):
+    backbone_weights: Literal["imagenet", "none"] = "none"
+    lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    amp: bool = False  # mixed precision, CUDA only
+    out_dir: str = "artifacts/segmentation/train"
+    checkpoint_dir: str = "checkpoints/segmentation"
+
+
+class SegmentationEvaluateParams(Section):
+    modes: list[Literal["center_crop", "tiled"]] = ["center_crop", "tiled"]
+    tile_overlap: float = Field(0.5, ge=0, lt=1)
+    batch_size: int = Field(8, ge=1)
+    figure_images: int = Field(4, ge=0)
+    out_dir: str = "artifacts/segmentation/evaluate"
+
+
+class SegmentationParams(Section):
+    data: SegmentationDataParams = SegmentationDataParams()
+    preprocess: SegmentationPreprocessParams = SegmentationPreprocessParams()
+    train: SegmentationTrainParams = SegmentationTrainParams()
+    evaluate: SegmentationEvaluateParams = SegmentationEvaluateParams()
+    register: RegisterParams = RegisterParams(
+        model_name="fcn-voc",
+        primary_metric="mean_iou",
+        greater_is_better=True,
+        out_dir="artifacts/segmentation/register",
+    )
+
+
 class Params(Section):
     seed: int = 0
     device: str = "auto"
     _root: Path | None = PrivateAttr(None)
     mlflow: MlflowParams = MlflowParams()
     word2vec: Word2vecParams = Word2vecParams()
+    segmentation: SegmentationParams = SegmentationParams()
 
     @field_validator("device")
     @classmethod

@@ -59,16 +59,15 @@ def test_ragged_loss_and_gradients_equal_the_books_padded_loss(seed: int):
     vocab_size = 30
     samples = random_samples(rng, 40, vocab_size, k=5, max_ctx=6)
     order = rng.permutation(len(samples))
-    entries = flatten_examples(samples, order)
+    entries = flatten_examples(samples, np.arange(len(samples)))
     first, last = 5, 29  # a batch in the middle: centers order[5:29]
-    lo, hi = int(entries.offsets[first]), int(entries.offsets[last])
 
     torch.manual_seed(seed)
     model = SkipGram(vocab_size, 8)
     with torch.no_grad():  # larger weights than Xavier's, so the logits are not all near 0
         model.embed_v.weight.mul_(5)
         model.embed_u.weight.mul_(5)
-    ragged = ragged_loss(model, entries, lo, hi)
+    ragged = ragged_loss(model, entries.select(torch.from_numpy(order[first:last])))
     grad_v, grad_u = torch.autograd.grad(ragged, [model.embed_v.weight, model.embed_u.weight])
 
     center, words, mask, labels = batchify(examples_of(samples, order[first:last]))
@@ -83,6 +82,16 @@ def test_ragged_loss_and_gradients_equal_the_books_padded_loss(seed: int):
     # Rows of words never used in the batch get exactly zero gradient (dense, but scattered).
     unused = sorted(set(range(vocab_size)) - set(words[mask.bool()].tolist()))
     assert unused and grad_u[unused].abs().max() == 0
+
+
+def test_selecting_rows_equals_flattening_in_that_order():
+    rng = np.random.default_rng(3)
+    samples = random_samples(rng, 30, 40, k=5, max_ctx=6)
+    order = rng.permutation(len(samples))
+    direct = flatten_examples(samples, order)
+    selected = flatten_examples(samples, np.arange(len(samples))).select(torch.from_numpy(order))
+    for name in ("offsets", "centers", "words", "labels", "weights"):
+        assert torch.equal(getattr(direct, name), getattr(selected, name)), name
 
 
 def test_flatten_examples_puts_contexts_then_negatives_with_labels_and_weights():

@@ -119,6 +119,6 @@ def heldout_loss(model: SkipGram, samples: Samples, batch_size: int = 4096) -> f
         return None
     model.eval()
     entries = flatten_examples(samples, np.arange(len(samples)))
-    bounds = entries.offsets[::batch_size].tolist() + [int(entries.offsets[-1])]
-    total = sum(float(ragged_loss(model, entries, lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:]))
+    total = sum(float(ragged_loss(model, entries.select(torch.arange(first, min(first + batch_size, len(entries))))))
+                for first in range(0, len(entries), batch_size))
     return round(total / len(samples), 6)
