@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
@@ -25,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import book_word2vec as book  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from tasks.params import SyntheticPtbParams, Word2vecPreprocessParams, Word2vecTrainParams  # noqa: E402
-from tasks.runtime import library_versions  # noqa: E402
 from tasks.synthetic.ptb import write_synthetic_ptb  # noqa: E402
 from tasks.word2vec import evaluate as ev  # noqa: E402
 from tasks.word2vec import preprocess as pp  # noqa: E402
@@ -35,17 +33,6 @@ from tasks.word2vec import train as tr  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 # About PTB's size: ~880k train tokens, a vocabulary of ~6.5k words after min_freq 10.
 PTB_SCALE = SyntheticPtbParams(sentences=68000, groups=800, words_per_group=8, seed=0)
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), **library_versions()}
 
 
 def ours(data_dir: Path, epochs: int, seed: int) -> dict:
@@ -108,8 +95,10 @@ def main() -> None:
     report = {
         "corpus": corpus, "data_dir": str(data_dir), "epochs": args.epochs, "machine": machine(),
         "summary": {
-            "preprocess_speedup_in_memory": ref["preprocess_seconds"] / mine["preprocess_seconds_train_split_in_memory"],
-            "preprocess_speedup_whole_stage": ref["preprocess_seconds"] / mine["preprocess_stage_seconds_train_and_valid_written"],
+            "preprocess_speedup_in_memory":
+                ref["preprocess_seconds"] / mine["preprocess_seconds_train_split_in_memory"],
+            "preprocess_speedup_whole_stage":
+                ref["preprocess_seconds"] / mine["preprocess_stage_seconds_train_and_valid_written"],
             "book_center_words_per_s_median": ref_rate,
             "d2lflow_center_words_per_s_median": my_rate,
             "training_throughput_speedup": my_rate / ref_rate,

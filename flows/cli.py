@@ -1,7 +1,7 @@
 """`d2lflow`: the user's entry point.
 
   d2lflow run word2vec [-S key=value ...] [--no-prefect]   acquire + every stage, ends with a registered model
-  d2lflow acquire word2vec                                 acquire the raw data and `dvc add data`
+  d2lflow acquire                                          every pipeline's raw data, then `dvc add data`
 
 `-S` edits params.yaml in place (validated first), like `dvc exp run -S`, so what ran is what the
 commit records. Errors print one message naming what was wrong and exit 2.
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.cli import PIPELINES, quiet_environment, setup_logging, stages
+from tasks.cli import PIPELINES, acquire_all, quiet_environment, setup_logging
 from tasks.errors import D2lflowError
 from tasks.params import load_params, set_params
 
@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="set a value in params.yaml first, e.g. -S word2vec.data.source=d2l")
     run.add_argument("--no-prefect", action="store_true", help="run `dvc repro` directly instead of the Prefect flow")
     run.add_argument("--skip-acquire", action="store_true", help="use data/ as it is (e.g. after `dvc pull`)")
-    acquire = sub.add_parser("acquire", help="acquire the raw data of a pipeline and version it (dvc add data)")
-    acquire.add_argument("pipeline", choices=PIPELINES)
+    acquire = sub.add_parser("acquire", help="acquire the raw data of every pipeline and version it (dvc add data)")
     for command in (run, acquire):
         command.add_argument("--root", default=".", help="repository root (default: current directory)")
     args = parser.parse_args(argv)
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "acquire":
             from tasks.acquire import dvc_add
 
-            summary = stages(args.pipeline)["acquire"](load_params(root / "params.yaml"))
+            summary = acquire_all(load_params(root / "params.yaml"))
             dvc_add(root, "data")
         else:
             if args.overrides:
@@ -73,7 +72,7 @@ def _run_without_prefect(pipeline: str, root: Path, acquire: bool) -> dict:
     from tasks.acquire import dvc_add
 
     if acquire:
-        stages(pipeline)["acquire"](load_params(root / "params.yaml"))
+        acquire_all(load_params(root / "params.yaml"))
         dvc_add(root, "data")
     for stage in dvc_stages(root, pipeline):
         print(run_dvc(root, "repro", "--single-item", stage), file=sys.stderr)

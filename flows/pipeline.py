@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.acquire import dvc_add
 from tasks.atomic import read_json
-from tasks.cli import quiet_environment, stages
+from tasks.cli import acquire_all, quiet_environment
 from tasks.errors import D2lflowError
 from tasks.params import load_params
 
@@ -51,11 +51,13 @@ def run_dvc(root: Path, *args: str) -> str:
 
 
 @task(name="acquire", retries=3, retry_delay_seconds=[5, 30, 120])
-def acquire_task(pipeline: str, root: str) -> dict[str, Any]:
-    """Acquire the raw data (downloads are retried: the mirror may be flaky) and version it with DVC."""
-    summary = stages(pipeline)["acquire"](load_params(Path(root) / "params.yaml"))
+def acquire_task(root: str) -> dict[str, Any]:
+    """Acquire the raw data of every pipeline (downloads are retried: the mirror may be flaky) and
+    version data/ with DVC."""
+    summary = acquire_all(load_params(Path(root) / "params.yaml"))
     dvc_add(Path(root), "data")
-    get_run_logger().info("acquired %s data from %s", pipeline, summary.get("source"))
+    for pipeline, acquired in summary.items():
+        get_run_logger().info("acquired %s data from %s", pipeline, acquired.get("source"))
     return summary
 
 
@@ -96,7 +98,7 @@ def pipeline_flow(pipeline: str = "word2vec", root: str = ".", acquire: bool = T
     quiet_environment()
     repo = Path(root).resolve()
     if acquire:
-        acquire_task(pipeline, str(repo))
+        acquire_task(str(repo))
     for stage in dvc_stages(repo, pipeline):
         dvc_stage_task.with_options(name=f"dvc repro {stage}")(stage, str(repo))
     text, summary = summary_markdown(pipeline, repo)

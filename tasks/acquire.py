@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tasks.download import fetch, safe_extract
 from tasks.errors import D2lflowError, DataError
+from tasks.params import DataSourceParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,12 @@ def install_tree(source_root: Path, marker: str, target: Path) -> Path:
     return target
 
 
-def acquire(source: str, target: Path, marker: str, *, url: str, sha1: str, local_path: Path | None,
-            synthetic: Callable[[Path], Path]) -> Path:
-    """Put a dataset at `target` from `source` ('d2l', 'local' or 'synthetic'); `marker` is a file
-    (relative to `target`) whose presence proves the layout, e.g. 'ptb.train.txt'."""
+def acquire(cfg: DataSourceParams, params: Params, marker: str, synthetic: Callable[[Path], Path]) -> Path:
+    """Install a pipeline's dataset at `cfg.dir` from `cfg.source` ('d2l', 'local' or 'synthetic');
+    `marker` is a file (relative to the dataset folder) whose presence proves the layout."""
+    target = params.path(cfg.dir)
+    source, url, sha1 = cfg.source, cfg.url, cfg.sha1
+    local_path = params.path(cfg.local_path) if cfg.local_path else None
     if source == "synthetic":
         synthetic(target)
     elif source in ("d2l", "local"):

@@ -15,12 +15,18 @@ from typing import Any
 from tasks.errors import D2lflowError
 from tasks.params import DEFAULT_PARAMS, Params, load_params
 
-PIPELINES = ("word2vec",)
+PIPELINES = ("word2vec", "segmentation")
 
 
 def stages(pipeline: str) -> dict[str, Callable[[Params], dict[str, Any]]]:
     """The stage functions of a pipeline, in order (acquire first)."""
     return importlib.import_module(f"tasks.{pipeline}.stages").STAGES
+
+
+def acquire_all(params: Params) -> dict[str, Any]:
+    """Acquire the data of every pipeline, each from its configured source: data.dvc versions all of
+    data/, so it must not depend on which pipeline happened to run first."""
+    return {pipeline: stages(pipeline)["acquire"](params) for pipeline in PIPELINES}
 
 
 def quiet_environment() -> None:

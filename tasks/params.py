@@ -31,6 +31,16 @@ class MlflowParams(Section):
     system_metrics: bool = True
 
 
+class DataSourceParams(Section):
+    """Where a pipeline's raw data comes from; each pipeline's section sets its own defaults."""
+
+    source: Literal["d2l", "local", "synthetic"] = "synthetic"
+    url: str  # the book's mirror (source d2l)
+    sha1: str  # of the archive at `url`
+    local_path: str | None = None  # a directory or archive the user already has (source local)
+    dir: str  # where the dataset is installed under data/
+
+
 class SyntheticPtbParams(Section):
     sentences: int = Field(12000, ge=10)
     groups: int = Field(12, ge=2)
@@ -38,11 +48,9 @@ class SyntheticPtbParams(Section):
     seed: int = 0
 
 
-class Word2vecDataParams(Section):
-    source: Literal["d2l", "local", "synthetic"] = "synthetic"
+class Word2vecDataParams(DataSourceParams):
     url: str = "http://d2l-data.s3-accelerate.amazonaws.com/ptb.zip"
     sha1: str = "319d85e578af0cdc590547f26231e4e31cdf1e42"
-    local_path: str | None = None
     dir: str = "data/ptb"
     eval_dir: str = "data/word2vec_eval"
     synthetic: SyntheticPtbParams = SyntheticPtbParams()
@@ -109,11 +117,9 @@ class SyntheticVocParams(Section):
     seed: int = 0
 
 
-class SegmentationDataParams(Section):
-    source: Literal["d2l", "local", "synthetic"] = "synthetic"
+class SegmentationDataParams(DataSourceParams):
     url: str = "http://d2l-data.s3-accelerate.amazonaws.com/VOCtrainval_11-May-2012.tar"
     sha1: str = "4e443f8a2eca6b1dac8a6c57641b67dd40621a49"
-    local_path: str | None = None
     dir: str = "data/VOCdevkit"
     synthetic: SyntheticVocParams = SyntheticVocParams()
 

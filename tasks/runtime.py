@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import platform
 import random
@@ -18,7 +19,8 @@ from tasks.errors import D2lflowError
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "mlflow", "dvc", "prefect", "gensim")
+LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "mlflow", "dvc", "prefect", "gensim", "pycocotools",
+             "faster-coco-eval", "torchmetrics")
 
 
 def select_device(spec: str) -> torch.device:
@@ -60,6 +62,12 @@ def hash_tree(path: Path) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def fingerprint(*parts: object) -> str:
+    """Identifies what a checkpoint was trained on (params and input hashes): a checkpoint is
+    resumed only under the same fingerprint, so a stale one never leaks into a changed run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -28,6 +28,9 @@ from tasks.runtime import library_versions
 
 log = logging.getLogger(__name__)
 
+# The packages a logged model's code needs (copied into the model, so it loads without this checkout).
+CODE_PATHS = [str(Path(__file__).resolve().parents[1] / name) for name in ("tasks", "models")]
+
 TAG = "d2lflow."
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -217,3 +220,25 @@ def register_version(model_uri: str, run_id: str, metrics: dict[str, Any], cfg: 
         "previous_champion_version": None if champion is None else int(champion),
         "previous_champion_value": champion_value,
     }
+
+
+def log_and_register(pipeline: str, params: Params, cfg: RegisterParams, run_file: Path, metrics: dict[str, Any],
+                     python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str], signature,
+                     input_example: Any) -> dict[str, Any]:
+    """The register stage of every pipeline: check the primary metric first (nothing is logged for
+    a bad one), then in the pipeline's run refresh the lineage tags, snapshot params.yaml, log the
+    model as a pyfunc (state_dict + loader, no pickled torch objects) and register it."""
+    primary_value(metrics, cfg)
+    versions = library_versions()
+    with reopened_run(pipeline, params, run_file) as run:
+        mlflow.set_tags(lineage_tags(params, pipeline))
+        mlflow.log_artifact(str(params.root() / "params.yaml"), "lineage")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=python_model, artifacts=artifacts, code_paths=CODE_PATHS,
+            signature=signature, input_example=input_example,
+            pip_requirements=[f"{name}=={versions[name]}" for name in ("mlflow", "torch", "torchvision", "numpy",
+                                                                      "pandas") if name in versions],
+        )
+        registered = register_version(info.model_uri, run.info.run_id, metrics, cfg)
+    write_json(params.path(cfg.out_dir) / "registered.json", registered)
+    return registered

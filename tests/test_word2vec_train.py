@@ -12,10 +12,10 @@ import torch
 from models.skipgram import SkipGram, masked_sigmoid_bce
 from tasks.errors import D2lflowError
 from tasks.params import Word2vecTrainParams
-from tasks.runtime import load_checkpoint
+from tasks.runtime import fingerprint, load_checkpoint
 from tasks.synthetic.ptb import planted_groups
 from tasks.word2vec.evaluate import nearest, normalise
-from tasks.word2vec.train import batchify, epoch_order, fingerprint, flatten_examples, ragged_loss, train
+from tasks.word2vec.train import batchify, epoch_order, flatten_examples, ragged_loss, train
 from tests.word2vec_fixtures import Preprocessed, examples_of, random_samples
 
 CPU = torch.device("cpu")

@@ -73,7 +73,7 @@ class Samples:
 def read_tokens(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A PTB text file → (tokens, sentence lengths); one sentence a line, blank lines skipped."""
     if not path.is_file():
-        raise DataError(f"{path}: file not found; run the acquire step (`d2lflow acquire word2vec`) first")
+        raise DataError(f"{path}: file not found; run the acquire step (`d2lflow acquire`) first")
     lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
     lengths = np.fromiter((len(words) for words in lines if words), dtype=np.int64)
     tokens = np.array([word for words in lines for word in words], dtype=object)

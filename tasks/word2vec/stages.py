@@ -17,7 +17,7 @@ from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import DataError
 from tasks.params import Params
-from tasks.runtime import hash_tree, load_checkpoint, seed_everything, select_device
+from tasks.runtime import fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
 from tasks.synthetic.ptb import write_synthetic_ptb
 from tasks.word2vec import evaluate as ev
 from tasks.word2vec import preprocess as pp
@@ -32,10 +32,7 @@ EVAL_FILES = ("wordsim353.tsv", "simlex999.txt", "questions-words.txt")
 def acquire(params: Params) -> dict[str, Any]:
     """PTB into `word2vec.data.dir` from the configured source; the evaluation sets into `eval_dir`."""
     cfg = params.word2vec.data
-    target = params.path(cfg.dir)
-    acquire_data(cfg.source, target, "ptb.train.txt", url=cfg.url, sha1=cfg.sha1,
-                 local_path=params.path(cfg.local_path) if cfg.local_path else None,
-                 synthetic=lambda path: write_synthetic_ptb(path, cfg.synthetic))
+    target = acquire_data(cfg, params, "ptb.train.txt", lambda path: write_synthetic_ptb(path, cfg.synthetic))
     if not (target / "ptb.valid.txt").is_file():
         raise DataError(f"{target}: ptb.valid.txt is missing; the held-out loss needs it")
     copied = copy_eval_sets(params.path(cfg.eval_dir))
@@ -76,11 +73,11 @@ def train(params: Params) -> dict[str, Any]:
     samples, corpus = pp.load_samples(pre_dir / "train"), pp.load_corpus(pre_dir / "train_corpus")
     device = select_device(params.device)
     seed_everything(params.seed)
-    fingerprint = tr.fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
+    run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
                                  cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
                                  hash_tree(pre_dir))
     checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-    state = load_checkpoint(checkpoint, fingerprint)
+    state = load_checkpoint(checkpoint, run_fingerprint)
     outputs = _train_outputs(params)
     with tracking.training_run(PIPELINE, params, str(device), outputs["run"], params.path(cfg.data.dir),
                                resume_run_id=state.get("run_id") if state else None) as run:
@@ -89,7 +86,7 @@ def train(params: Params) -> dict[str, Any]:
                                   "epoch_seconds": record["seconds"]}, step=record["epoch"])
 
         result = tr.train(samples, corpus, vocab.counts, len(vocab), cfg.train, cfg.preprocess, params.seed,
-                          device, checkpoint, fingerprint, state=state, run_id=run.info.run_id, on_epoch=on_epoch)
+                          device, checkpoint, run_fingerprint, state=state, run_id=run.info.run_id, on_epoch=on_epoch)
         history = result.history
         metrics = {
             "final_epoch_loss": history[-1]["loss"],
@@ -144,38 +141,22 @@ def evaluate(params: Params) -> dict[str, Any]:
 
 
 def register(params: Params) -> dict[str, Any]:
-    """Log the model (pyfunc: words → embeddings) to the run and register it with the alias rule."""
+    """Log the model (pyfunc: words → center embeddings) to the run and register it with the alias rule."""
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from tasks.runtime import library_versions
     from tasks.word2vec.serving import INPUT_COLUMN, Word2vecEmbeddings
 
     cfg = params.word2vec
     metrics = read_json(params.path(cfg.evaluate.out_dir) / "metrics.json")
-    tracking.primary_value(metrics, cfg.register)  # fail before anything is logged
     pre_dir = params.path(cfg.preprocess.out_dir)
     vocab = pp.load_vocab(pre_dir)
     example = pd.DataFrame({INPUT_COLUMN: vocab.idx_to_token[1:4]})
-    model = _load_model(params, len(vocab))
-    signature = infer_signature(example, model.embed_v.weight.detach().numpy()[1:4])
-    versions = library_versions()
-    with tracking.reopened_run(PIPELINE, params, _train_outputs(params)["run"]) as run:
-        mlflow.set_tags(tracking.lineage_tags(params, PIPELINE))
-        mlflow.log_artifact(str(params.root() / "params.yaml"), "lineage")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=Word2vecEmbeddings(),
-            artifacts={"weights": str(_train_outputs(params)["model"]), "vocab": str(pre_dir / "vocab.json")},
-            code_paths=[str(Path(__file__).resolve().parents[1])],
-            signature=signature,
-            input_example=example,
-            pip_requirements=[f"mlflow=={versions['mlflow']}", f"torch=={versions['torch']}",
-                              f"numpy=={versions['numpy']}", f"pandas=={versions['pandas']}"],
-        )
-        registered = tracking.register_version(info.model_uri, run.info.run_id, metrics, cfg.register)
-    write_json(params.path(cfg.register.out_dir) / "registered.json", registered)
-    return registered
+    weights = _load_model(params, len(vocab)).embed_v.weight.detach().numpy()
+    return tracking.log_and_register(
+        PIPELINE, params, cfg.register, _train_outputs(params)["run"], metrics, Word2vecEmbeddings(),
+        {"weights": str(_train_outputs(params)["model"]), "vocab": str(pre_dir / "vocab.json")},
+        infer_signature(example, weights[1:4]), example)
 
 
 STAGES = {"acquire": acquire, "preprocess": preprocess, "train": train, "evaluate": evaluate, "register": register}

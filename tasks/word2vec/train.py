@@ -9,8 +9,6 @@ seed, so a run resumed from a checkpoint ends with exactly the weights of an uni
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -109,11 +107,6 @@ class TrainResult:
     model: SkipGram
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int = 0
-
-
-def fingerprint(*parts: object) -> str:
-    """Identifies what a checkpoint was trained on: params and input hashes."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int, cfg: Word2vecTrainParams,

@@ -1,0 +1,259 @@
+"""Segmentation data (d2l 14.9): VOC → a compact decoded store, VOC cropping, and the torch Dataset.
+
+Preprocessing decodes every JPEG/PNG once and stores a split as flat uint8 arrays (images, labels)
+plus their shapes, loaded as read-only memmaps, so epochs neither re-decode nor hold the set in
+memory. Images smaller than the crop are dropped, as in the book. Crops are random per
+(seed, epoch, item) in training, so they do not depend on DataLoader workers or shuffling order,
+and centred otherwise. One rectangle is always applied to an image and its label together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tasks.atomic import atomic_path, to_json
+from tasks.errors import DataError
+from tasks.params import SegmentationPreprocessParams
+from tasks.voc import VOC_CLASSES, VOID, BadSampleError, read_ids, read_image, read_label_with_unknown, voc_root
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _FlatWriter:
+    """Stream uint8 chunks into a 1-D `.npy` without holding them in memory (raw file, then header + copy)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.raw = path.with_suffix(".raw")
+        self.file = self.raw.open("wb")
+        self.size = 0
+
+    def write(self, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array, dtype=np.uint8)
+        self.file.write(data.tobytes())
+        self.size += data.size
+
+    def abort(self) -> None:
+        self.file.close()
+        self.raw.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.file.close()
+        with self.path.open("wb") as out, self.raw.open("rb") as raw:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": (self.size,)}
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(raw, out, length=1 << 24)
+        self.raw.unlink()
+
+
+def _preprocess_split(root: Path, split: str, crop: tuple[int, int], on_bad: str, folder: Path) -> dict[str, Any]:
+    """Decode, check and filter one split into `folder`; returns its stats."""
+    ids = read_ids(root, "Segmentation", split)
+    crop_h, crop_w = crop
+    kept: list[str] = []
+    shapes: list[tuple[int, int]] = []
+    dropped: list[str] = []
+    bad: list[dict[str, str]] = []
+    counts = np.zeros(256, dtype=np.int64)
+    unknown_total = 0
+    folder.mkdir()
+    images, labels = _FlatWriter(folder / "images.npy"), _FlatWriter(folder / "labels.npy")
+    try:
+        for image_id in ids:
+            jpg = root / "JPEGImages" / f"{image_id}.jpg"
+            png = root / "SegmentationClass" / f"{image_id}.png"
+            try:
+                image = read_image(jpg)
+                label, unknown = read_label_with_unknown(png)
+                if label.shape != image.shape[:2]:
+                    raise BadSampleError(png, f"label is {label.shape[0]}x{label.shape[1]} (HxW) but its image is "
+                                         f"{image.shape[0]}x{image.shape[1]}",
+                                         "fix or remove the pair, or set on_bad_sample: skip")
+            except BadSampleError as exc:
+                if on_bad != "skip":
+                    raise
+                bad.append({"id": image_id, "file": exc.path.relative_to(root).as_posix(), "reason": exc.reason})
+                continue
+            h, w = label.shape
+            if h < crop_h or w < crop_w:
+                dropped.append(image_id)
+                continue
+            images.write(image)
+            labels.write(label)
+            kept.append(image_id)
+            shapes.append((h, w))
+            counts += np.bincount(label.reshape(-1), minlength=256)
+            unknown_total += unknown
+    except BaseException:
+        images.abort()
+        labels.abort()
+        raise
+    images.close()
+    labels.close()
+    if not kept:
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        raise DataError(f"{listing}: no image of the {len(ids)} listed is "
+                        f"usable ({len(dropped)} smaller than the crop {crop_h}x{crop_w}, {len(bad)} bad); "
+                        "lower segmentation.preprocess.crop_size or fix the data")
+    np.save(folder / "shapes.npy", np.array(shapes, dtype=np.int32).reshape(-1, 2))
+    (folder / "ids.json").write_text(to_json(kept))
+    return {"listed": len(ids), "kept": len(kept), "dropped_small": len(dropped), "dropped_small_ids": dropped,
+            "skipped_bad": len(bad), "bad_samples": bad,
+            "class_pixels": counts[: len(VOC_CLASSES)].tolist(), "void_pixels": int(counts[VOID]),
+            "unknown_colour_pixels": unknown_total}
+
+
+def preprocess(data_dir: Path, out_dir: Path, cfg: SegmentationPreprocessParams) -> dict[str, Any]:
+    """VOC2012 train/val → `out_dir/{train,val}/` stores and `out_dir/stats.json` (atomically, byte-stable).
+
+    Bad samples (missing or undecodable files, label size ≠ image size) raise DataError, or are
+    skipped and listed in the stats with `on_bad_sample: skip`. Returns the per-split counts.
+    """
+    root = voc_root(data_dir)
+    crop = (int(cfg.crop_size[0]), int(cfg.crop_size[1]))
+    stats: dict[str, Any] = {}
+    with atomic_path(Path(out_dir)) as tmp:
+        tmp.mkdir()
+        for split in SPLITS:
+            stats[split] = _preprocess_split(root, split, crop, cfg.on_bad_sample, tmp / split)
+        (tmp / "stats.json").write_text(to_json(stats))
+    log.info("preprocessed %s (crop %dx%d): %s", root, *crop, "; ".join(
+        f"{split} kept {s['kept']}/{s['listed']} ({s['dropped_small']} smaller than the crop, "
+        f"{s['skipped_bad']} bad skipped)" for split, s in stats.items()))
+    return {split: {key: s[key] for key in ("listed", "kept", "dropped_small", "skipped_bad")}
+            for split, s in stats.items()}
+
+
+@dataclass(frozen=True)
+class StoredSplit:
+    """A preprocessed split: flat read-only memmaps plus per-image shapes; `image(i)`/`label(i)` are views."""
+
+    folder: Path
+    ids: list[str]
+    shapes: np.ndarray  # int32 (N, 2): height, width
+    offsets: np.ndarray  # int64 (N + 1,): pixel offset of each image in the flat arrays
+    images: np.ndarray  # uint8, flat H·W·3 per image
+    labels: np.ndarray  # uint8, flat H·W per image
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image(self, i: int) -> np.ndarray:
+        h, w = self.shapes[i]
+        return self.images[3 * self.offsets[i]: 3 * self.offsets[i + 1]].reshape(h, w, 3)
+
+    def label(self, i: int) -> np.ndarray:
+        h, w = self.shapes[i]
+        return self.labels[self.offsets[i]: self.offsets[i + 1]].reshape(h, w)
+
+
+def load_split(folder: Path) -> StoredSplit:
+    """Open a split written by `preprocess` (memory-mapped, read-only)."""
+    folder = Path(folder)
+    files = [folder / name for name in ("images.npy", "labels.npy", "shapes.npy", "ids.json")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{folder}: {', '.join(missing)} missing; run the preprocess stage "
+                        "(`d2lflow stage segmentation preprocess` or `dvc repro`) first")
+    shapes = np.load(files[2]).astype(np.int32).reshape(-1, 2)
+    offsets = np.concatenate([[0], np.cumsum(shapes[:, 0].astype(np.int64) * shapes[:, 1])])
+    images, labels = (np.load(f, mmap_mode="r") for f in files[:2])
+    ids = json.loads(files[3].read_text())
+    if len(ids) != len(shapes) or labels.size != offsets[-1] or images.size != 3 * offsets[-1]:
+        raise DataError(f"{folder}: ids, shapes and arrays disagree (a partial or mixed store?); "
+                        "re-run the preprocess stage")
+    return StoredSplit(folder, ids, shapes, offsets, images, labels)
+
+
+def normalize(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) RGB → float32 (3, H, W): /255, then ImageNet mean and std per channel."""
+    x = torch.from_numpy(np.array(image, dtype=np.float32)) / 255.0
+    x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    return x.permute(2, 0, 1).contiguous()
+
+
+def crop_box(height: int, width: int, crop_h: int, crop_w: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A uniformly random (top, left) of a crop_h × crop_w window (torchvision `RandomCrop.get_params`)."""
+    if height < crop_h or width < crop_w:
+        raise ValueError(f"crop {crop_h}x{crop_w} is larger than the image {height}x{width}")
+    return int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+
+
+def center_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[int, int]:
+    """(top, left) of the centred window, rounded as torchvision `center_crop` does."""
+    if height < crop_h or width < crop_w:
+        raise ValueError(f"crop {crop_h}x{crop_w} is larger than the image {height}x{width}")
+    return int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+
+
+def voc_crop(image: np.ndarray, label: np.ndarray, top: int, left: int, crop_h: int,
+             crop_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same rectangle of an image (H, W, C) and its label (H, W)."""
+    if image.shape[:2] != label.shape:
+        raise ValueError(f"image {image.shape[:2]} and label {label.shape} differ in size")
+    if top < 0 or left < 0 or top + crop_h > label.shape[0] or left + crop_w > label.shape[1]:
+        raise ValueError(f"crop at ({top}, {left}) of {crop_h}x{crop_w} leaves the image {label.shape}")
+    window = (slice(top, top + crop_h), slice(left, left + crop_w))
+    return image[window], label[window]
+
+
+class SegmentationDataset(Dataset):
+    """(normalised image float32 3×h×w, label int64 h×w with 255 = void) crops of a preprocessed split.
+
+    train=True: a random crop drawn from SeedSequence([seed, epoch, i]); train=False: the centre crop.
+    The memmaps are opened lazily per process and never pickled, so workers share the page cache.
+    """
+
+    def __init__(self, folder: Path, crop_size: tuple[int, int], seed: int, train: bool) -> None:
+        self.folder = Path(folder)
+        self.crop_h, self.crop_w = (int(s) for s in crop_size)
+        self.seed, self.train, self.epoch = int(seed), bool(train), 0
+        self._split: StoredSplit | None = load_split(self.folder)
+        shapes = self._split.shapes
+        small = (shapes[:, 0] < self.crop_h) | (shapes[:, 1] < self.crop_w)
+        if small.any():
+            raise DataError(f"{self.folder}: {int(small.sum())} images are smaller than the crop "
+                            f"{self.crop_h}x{self.crop_w}; use the crop_size the data was preprocessed with")
+        self._len = len(self._split)
+
+    @property
+    def split(self) -> StoredSplit:
+        if self._split is None:
+            self._split = load_split(self.folder)
+        return self._split
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_split": None}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def box(self, i: int) -> tuple[int, int]:
+        """(top, left) of item i's crop in the current epoch."""
+        h, w = (int(s) for s in self.split.shapes[i])
+        if not self.train:
+            return center_box(h, w, self.crop_h, self.crop_w)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(i)]))
+        return crop_box(h, w, self.crop_h, self.crop_w, rng)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        top, left = self.box(i)
+        image, label = voc_crop(self.split.image(i), self.split.label(i), top, left, self.crop_h, self.crop_w)
+        return normalize(image), torch.from_numpy(label.astype(np.int64))
