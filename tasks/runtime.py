@@ -64,6 +64,14 @@ def hash_tree(path: Path) -> str:
     return digest.hexdigest()
 
 
+def code_hash(*objects: object) -> str:
+    """SHA-256 of the source files defining `objects` (modules, classes, functions): a checkpoint
+    written by other training or model code must not be resumed."""
+    import inspect
+
+    return hashlib.sha256("".join(hash_tree(Path(inspect.getfile(o))) for o in objects).encode()).hexdigest()
+
+
 def fingerprint(*parts: object) -> str:
     """Identifies what a checkpoint was trained on (params and input hashes): a checkpoint is
     resumed only under the same fingerprint, so a stale one never leaks into a changed run."""

@@ -19,7 +19,7 @@ from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.metrics import confusion_matrix, segmentation_scores
 from tasks.params import Params
-from tasks.runtime import fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
+from tasks.runtime import code_hash, fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
 from tasks.segmentation import train as tr
 from tasks.segmentation.data import SegmentationDataset, load_split, normalize
 from tasks.segmentation.data import preprocess as preprocess_voc
@@ -64,7 +64,7 @@ def train(params: Params) -> dict[str, Any]:
     run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
                                                                 "pin_memory"}),
                                   cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                  hash_tree(pre_dir))
+                                  hash_tree(pre_dir), code_hash(tr, build_fcn))
     checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
     state = load_checkpoint(checkpoint, run_fingerprint)
     model = build_fcn(len(VOC_CLASSES), cfg.train.backbone_weights)

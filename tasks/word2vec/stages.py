@@ -12,12 +12,13 @@ from typing import Any
 import mlflow
 import torch
 
+from models.skipgram import SkipGram
 from tasks import tracking
 from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import DataError
 from tasks.params import Params
-from tasks.runtime import fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
+from tasks.runtime import code_hash, fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
 from tasks.synthetic.ptb import write_synthetic_ptb
 from tasks.word2vec import evaluate as ev
 from tasks.word2vec import preprocess as pp
@@ -74,8 +75,8 @@ def train(params: Params) -> dict[str, Any]:
     device = select_device(params.device)
     seed_everything(params.seed)
     run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
-                                 cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                 hash_tree(pre_dir))
+                                  cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
+                                  hash_tree(pre_dir), code_hash(tr, SkipGram))
     checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
     state = load_checkpoint(checkpoint, run_fingerprint)
     outputs = _train_outputs(params)
@@ -105,8 +106,6 @@ def train(params: Params) -> dict[str, Any]:
 
 
 def _load_model(params: Params, vocab_size: int) -> torch.nn.Module:
-    from models.skipgram import SkipGram
-
     model = SkipGram(vocab_size, params.word2vec.train.embed_size)
     state = torch.load(_train_outputs(params)["model"], map_location="cpu", weights_only=True)
     model.load_state_dict(state)
