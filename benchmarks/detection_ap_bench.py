@@ -32,6 +32,7 @@ from tasks.detection.ap import (  # noqa: E402
     Detections,
     GroundTruth,
     coco_map,
+    pycocotools_stats,
     to_coco,
     voc_ap,
 )
@@ -76,19 +77,7 @@ def run_ours(dets: Detections, gts: GroundTruth) -> tuple[float, float, float]:
 
 
 def run_pycocotools(dets: Detections, gts: GroundTruth) -> tuple[float, float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    dataset, results = to_coco(dets, gts)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = dataset
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return tuple(float(v) for v in evaluator.stats[:3])
+    return tuple(float(v) for v in pycocotools_stats(dets, gts)[:3])
 
 
 def run_faster_coco_eval(dets: Detections, gts: GroundTruth) -> tuple[float, float, float]:

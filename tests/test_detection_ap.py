@@ -16,6 +16,7 @@ from tasks.detection.ap import (
     average_precision,
     coco_map,
     match,
+    pycocotools_stats,
     to_coco,
     voc_ap,
 )
@@ -76,22 +77,6 @@ def random_set(seed: int, n_images: int = 40, n_classes: int = 6, crowd: float =
     scores = rng.integers(0, 25, len(image)) / 24  # many ties
     order = rng.permutation(len(image))
     return Detections(image[order], label[order], box[order], scores[order]), gts
-
-
-def pycocotools_stats(dets: Detections, gts: GroundTruth) -> np.ndarray:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    dataset, results = to_coco(dets, gts)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = dataset
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator.stats
 
 
 def faster_coco_eval_stats(dets: Detections, gts: GroundTruth) -> np.ndarray:

@@ -493,3 +493,26 @@ def to_coco(dets: Detections, gts: GroundTruth) -> tuple[dict, list[dict]]:
                for image, label, box, score in zip(dets.image_ids.tolist(), dets.labels.tolist(),
                                                    xywh(dets.boxes).tolist(), dets.scores.tolist())]
     return dataset, results
+
+
+def pycocotools_stats(dets: Detections, gts: GroundTruth) -> np.ndarray:
+    """pycocotools' `COCOeval.stats` (bbox) on the same data: the reference our `coco_map` is tested
+    and benchmarked against. pycocotools is a dev dependency (`pip install -e ".[dev]"`)."""
+    import contextlib
+    import io
+
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise ImportError("pycocotools is not installed; `pip install -e '.[dev]'` brings it") from None
+    dataset, results = to_coco(dets, gts)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
