@@ -15,7 +15,7 @@ from typing import Any
 from tasks.errors import D2lflowError
 from tasks.params import DEFAULT_PARAMS, Params, load_params
 
-PIPELINES = ("word2vec", "segmentation")
+PIPELINES = ("word2vec", "segmentation", "detection")
 
 
 def stages(pipeline: str) -> dict[str, Callable[[Params], dict[str, Any]]]:

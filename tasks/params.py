@@ -172,6 +172,53 @@ class SegmentationParams(Section):
     )
 
 
+class DetectionPreprocessParams(Section):
+    data_dir: str = "data/VOCdevkit"  # the VOC tree the segmentation acquisition installs (same tar)
+    on_bad_sample: Literal["error", "skip"] = "error"
+    out_dir: str = "artifacts/detection/preprocess"
+
+
+class DetectionTrainParams(Section):
+    backbone: Literal["mobilenet_v3_large_320_fpn", "resnet50_fpn"] = "mobilenet_v3_large_320_fpn"
+    weights: Literal["none", "imagenet", "coco"] = "none"
+    box_batch_size_per_image: int = Field(128, ge=1)  # RoIs sampled per image (torchvision: 512)
+    min_size: int = Field(320, ge=32)  # the model's internal resize (shorter side)
+    max_size: int = Field(640, ge=32)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    crop_size: tuple[int, int] | None = None  # random (height, width) crop before the resize, or none
+    lr: float = Field(0.02, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_iters: int = Field(100, ge=0)  # linear warm-up from lr/1000, as torchvision's reference
+    clip_grad_norm: float | None = Field(10.0, gt=0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(4, ge=1)
+    num_workers: int = Field(0, ge=0)
+    amp: bool = False
+    out_dir: str = "artifacts/detection/train"
+    checkpoint_dir: str = "checkpoints/detection"
+
+
+class DetectionEvaluateParams(Section):
+    score_thresh: float = Field(0.05, ge=0, le=1)
+    nms_thresh: float = Field(0.5, gt=0, le=1)
+    detections_per_image: int = Field(100, ge=1)
+    figure_images: int = Field(4, ge=0)
+    out_dir: str = "artifacts/detection/evaluate"
+
+
+class DetectionParams(Section):
+    preprocess: DetectionPreprocessParams = DetectionPreprocessParams()
+    train: DetectionTrainParams = DetectionTrainParams()
+    evaluate: DetectionEvaluateParams = DetectionEvaluateParams()
+    register: RegisterParams = RegisterParams(
+        model_name="fasterrcnn-voc",
+        primary_metric="map_50",
+        greater_is_better=True,
+        out_dir="artifacts/detection/register",
+    )
+
+
 class Params(Section):
     seed: int = 0
     device: str = "auto"
@@ -179,6 +226,7 @@ class Params(Section):
     mlflow: MlflowParams = MlflowParams()
     word2vec: Word2vecParams = Word2vecParams()
     segmentation: SegmentationParams = SegmentationParams()
+    detection: DetectionParams = DetectionParams()
 
     @field_validator("device")
     @classmethod

@@ -1,0 +1,100 @@
+"""Faster R-CNN training in the manner of torchvision's `references/detection/engine.py`: SGD with a
+linear warm-up in the first epoch, optional AMP and gradient clipping, the four losses logged
+separately, a non-finite loss stops the stage with the loss dict; a checkpoint every epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from tasks.detection.data import DetectionDataset, collate
+from tasks.errors import D2lflowError
+from tasks.params import DetectionTrainParams
+from tasks.runtime import save_checkpoint
+
+log = logging.getLogger(__name__)
+LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int, device: torch.device,
+          checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given."""
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    result = TrainResult(model)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        result.history = list(state["history"])
+        result.resumed_from_epoch = int(state["epoch"])
+        log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
+
+    for epoch in range(result.resumed_from_epoch, cfg.epochs):
+        dataset.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 7, epoch]).generate_state(1)[0]))
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                            num_workers=cfg.num_workers, collate_fn=collate)
+        warmup = None
+        if epoch == 0 and cfg.warmup_iters > 0:
+            iters = min(cfg.warmup_iters, len(loader))
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=iters)
+        model.train()
+        start = time.perf_counter()
+        sums = dict.fromkeys(LOSSES, 0.0)
+        steps, images_seen = 0, 0
+        for images, targets in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=5.0):
+            images = [image.to(device) for image in images]
+            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                losses = model(images, targets)
+            total = sum(losses.values())
+            values = {name: float(value.detach()) for name, value in losses.items()}
+            if not math.isfinite(sum(values.values())):
+                raise D2lflowError(f"epoch {epoch + 1}, step {steps + 1}: the loss is not finite: {values}; "
+                                   "lower detection.train.lr or raise warmup_iters")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if cfg.clip_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            if warmup is not None and steps < warmup.total_iters:
+                warmup.step()
+            for name in LOSSES:
+                sums[name] += values[name]
+            steps += 1
+            images_seen += len(images)
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, **{name: sums[name] / steps for name in LOSSES},
+                  "loss": sum(sums.values()) / steps, "images_per_s": images_seen / seconds}
+        result.history.append(record)
+        log.info("epoch %d: loss %.4f (%s), %.2f images/s", epoch + 1, record["loss"],
+                 ", ".join(f"{n} {record[n]:.3f}" for n in LOSSES), record["images_per_s"])
+        save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                     "history": result.history, "fingerprint": run_fingerprint, "run_id": run_id})
+        if on_epoch is not None:
+            on_epoch(record)
+    return result
