@@ -41,6 +41,19 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def figure_png(fig: Any, dpi: int = 80) -> bytes:
+    """A matplotlib figure as PNG bytes (and closed, so long runs don't accumulate figures)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
@@ -82,6 +95,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (a kill mid-write leaves the previous one intact)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def restore(state: dict[str, Any], **stateful: Any) -> tuple[list[dict], int]:
+    """Load a checkpoint's state dicts into `stateful` objects (model=..., optimizer=..., scaler=...);
+    returns the recorded history and the number of completed epochs."""
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    return list(state["history"]), int(state["epoch"])
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,15 @@ from tasks.detection.data import DetectionDataset, collate
 from tasks.detection.data import preprocess as preprocess_boxes
 from tasks.detection.transforms import TrainTransform
 from tasks.params import Params
-from tasks.runtime import code_hash, fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
+from tasks.runtime import (
+    code_hash,
+    figure_png,
+    fingerprint,
+    hash_tree,
+    load_checkpoint,
+    seed_everything,
+    select_device,
+)
 from tasks.voc import VOC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -124,7 +131,7 @@ def predict(model: torch.nn.Module, dataset: DetectionDataset, device: torch.dev
     return dets, gts, per_image
 
 
-def figure_png(per_image: list, score_thresh: float, count: int) -> bytes:
+def predictions_figure(per_image: list, score_thresh: float, count: int) -> bytes:
     """A few val images: true boxes (dashed white) and predicted boxes above `score_thresh` (coloured)."""
     import matplotlib
 
@@ -143,11 +150,7 @@ def figure_png(per_image: list, score_thresh: float, count: int) -> bytes:
                 ax.add_patch(patches.Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, ec="red", lw=1.5))
                 ax.text(box[0], box[1], f"{VOC_CLASSES[label]} {score:.2f}", color="red", fontsize=7)
         ax.axis("off")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def evaluate(params: Params) -> dict[str, Any]:
@@ -178,7 +181,7 @@ def evaluate(params: Params) -> dict[str, Any]:
                 (tmp / f"{VOC_CLASSES[c].replace('/', '_')}.csv").write_text(
                     "recall,precision\n" + "".join(f"{r:.6f},{p:.6f}\n" for r, p in rows))
     with atomic_path(out["figure"]) as tmp:
-        tmp.write_bytes(figure_png(per_image, 0.3, cfg.evaluate.figure_images))
+        tmp.write_bytes(predictions_figure(per_image, 0.3, cfg.evaluate.figure_images))
     write_json(out["per_class"], per_class)
     write_json(out["metrics"], metrics)
     with tracking.reopened_run(PIPELINE, params, out["run"]):

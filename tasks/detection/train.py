@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tasks.detection.data import DetectionDataset, collate
 from tasks.errors import D2lflowError
 from tasks.params import DetectionTrainParams
-from tasks.runtime import save_checkpoint
+from tasks.runtime import restore, save_checkpoint
 
 log = logging.getLogger(__name__)
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
@@ -43,11 +43,7 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     result = TrainResult(model)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        result.history = list(state["history"])
-        result.resumed_from_epoch = int(state["epoch"])
+        result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
 
     for epoch in range(result.resumed_from_epoch, cfg.epochs):

@@ -19,7 +19,15 @@ from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.metrics import confusion_matrix, segmentation_scores
 from tasks.params import Params
-from tasks.runtime import code_hash, fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
+from tasks.runtime import (
+    code_hash,
+    figure_png,
+    fingerprint,
+    hash_tree,
+    load_checkpoint,
+    seed_everything,
+    select_device,
+)
 from tasks.segmentation import train as tr
 from tasks.segmentation.data import SegmentationDataset, load_split, normalize
 from tasks.segmentation.data import preprocess as preprocess_voc
@@ -137,7 +145,7 @@ def evaluate_split(model: torch.nn.Module, folder: Path, crop: tuple[int, int], 
     return confusions, scores, examples
 
 
-def figure_png(examples: list) -> bytes:
+def predictions_figure(examples: list) -> bytes:
     """image | prediction | ground truth, one row per example."""
     import matplotlib
 
@@ -151,11 +159,7 @@ def figure_png(examples: list) -> bytes:
             ax.imshow(picture)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def evaluate(params: Params) -> dict[str, Any]:
@@ -191,7 +195,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     write_json(out["per_class"], per_class)
     if examples:
         with atomic_path(out["figure"]) as tmp:
-            tmp.write_bytes(figure_png(examples))
+            tmp.write_bytes(predictions_figure(examples))
     write_json(out["metrics"], metrics)
     with tracking.reopened_run(PIPELINE, params, out["run"]):
         tracking.log_metrics(metrics)

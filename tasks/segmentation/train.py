@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from tasks.errors import D2lflowError
 from tasks.params import SegmentationTrainParams
-from tasks.runtime import save_checkpoint
+from tasks.runtime import restore, save_checkpoint
 from tasks.segmentation.data import SegmentationDataset
 from tasks.voc import VOID
 
@@ -64,11 +64,7 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     result = TrainResult(model)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        result.history = list(state["history"])
-        result.resumed_from_epoch = int(state["epoch"])
+        result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
 
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
