@@ -75,7 +75,12 @@ def repo_lock(root: Path, purpose: str, timeout: float | None = None) -> Iterato
     wait = lock_timeout(root) if timeout is None else timeout
     lock = FileLock(root / LOCK_FILE, thread_local=False, is_singleton=True)
     try:
-        lock.acquire(timeout=wait)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            log.warning("%s is locked by another d2lflow run (%s); waiting up to %g s for it", root,
+                        _describe_holder(root), wait)
+            lock.acquire(timeout=wait)
     except Timeout:
         raise RepoBusyError(
             f"{root}: the repository is locked by another d2lflow run ({_describe_holder(root)}); waited "

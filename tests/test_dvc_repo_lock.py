@@ -129,3 +129,17 @@ def test_lock_outside_a_dvc_repository_is_refused(tmp_path: Path) -> None:
     with pytest.raises(D2lflowError, match="not a DVC repository"), repo_lock(tmp_path, "x", timeout=0):
         pass
     assert not (tmp_path / ".dvc").exists()
+
+
+def test_a_second_retraining_waits_for_the_running_one_then_fails_naming_it(dvc_repo: Path, holder) -> None:
+    from prefect.logging import disable_run_logger
+
+    from flows.retrain import retrain_flow
+
+    (dvc_repo / "params.yaml").write_text("dvc:\n  lock_timeout_seconds: 1\n")
+    started = time.monotonic()
+    with disable_run_logger(), pytest.raises(RepoBusyError) as info:
+        retrain_flow.fn(["word2vec"], str(dvc_repo), "acquire")
+    assert time.monotonic() - started >= 1
+    assert f"pid {holder.pid}" in str(info.value) and "test holder" in str(info.value)
+    assert not (dvc_repo / "data").exists(), "nothing was acquired while the other run held the repository"

@@ -4,6 +4,7 @@ served deployment's schedule and concurrency limit, serve's refusals, and `dvc p
 from __future__ import annotations
 
 import importlib
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from flows import serve
 from flows.retrain import push_if_remote
 from tasks.dvc_repo import run_dvc
-from tasks.errors import ParamsError
+from tasks.errors import D2lflowError, ParamsError
 from tasks.params import load_params, parse_params
 from tests.conftest import REPO
 
@@ -105,3 +106,26 @@ def test_push_only_to_a_default_remote(dvc_repo: Path, tmp_path: Path) -> None:
     assert push_if_remote(dvc_repo) == "pushed to DVC remote `store`"
     md5 = yaml.safe_load((dvc_repo / "numbers.txt.dvc").read_text())["outs"][0]["md5"]
     assert (store / "files" / "md5" / md5[:2] / md5[2:]).read_text() == "1 2 3\n"
+
+
+def test_pull_without_a_default_remote_names_the_setting(dvc_repo: Path) -> None:
+    from flows.retrain import pull_task
+
+    with pytest.raises(D2lflowError) as info:
+        pull_task.fn(str(dvc_repo))
+    assert "schedule.data is 'pull' but no default DVC remote is configured" in str(info.value)
+
+
+def test_pull_restores_data_from_the_default_remote(dvc_repo: Path, tmp_path: Path) -> None:
+    from prefect.logging import disable_run_logger
+
+    from flows.retrain import pull_task
+
+    run_dvc(dvc_repo, "remote", "add", "-d", "store", str(tmp_path / "store"))
+    run_dvc(dvc_repo, "add", "numbers.txt")
+    run_dvc(dvc_repo, "push")
+    (dvc_repo / "numbers.txt").unlink()
+    shutil.rmtree(dvc_repo / ".dvc" / "cache")
+    with disable_run_logger():
+        assert pull_task.fn(str(dvc_repo)) == "pulled from DVC remote `store`"
+    assert (dvc_repo / "numbers.txt").read_text() == "1 2 3\n"

@@ -1,7 +1,8 @@
 """Scheduled retraining against a real Prefect server: `prefect server start` on 127.0.0.1 with its own
-PREFECT_HOME, `python -m flows.serve --interval 5 word2vec` in a repository copy, and a run the
-server's scheduler created that completes, registers the model, pushes to the DVC remote and leaves
-the markdown artifact. (Prefect's temporary server never fires schedules.)"""
+PREFECT_HOME, `python -m flows.serve --interval 5 word2vec` in a repository copy, and runs the server's
+scheduler created: the first completes, registers the model, pushes to the DVC remote and leaves the
+markdown artifact; the next (after it, never alongside) finds nothing changed and registers nothing.
+Then prefect.yaml deploys onto the same server. (Prefect's temporary server never fires schedules.)"""
 
 from __future__ import annotations
 
@@ -105,11 +106,11 @@ def test_served_deployment_retrains_on_its_schedule_and_registers_a_model(tmp_pa
                                        start_new_session=True)
         with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             deadline = time.monotonic() + 360
-            completed = None
-            while completed is None:
+            completed: list = []
+            while len(completed) < 2:  # the first run trains and registers, the next finds nothing changed
                 logs = f"serve:\n{tail(serve_log)}\nserver:\n{tail(server_log, 30)}"
                 assert serving.poll() is None, f"flows.serve exited with {serving.returncode}:\n{logs}"
-                assert time.monotonic() < deadline, f"no scheduled run completed in 6 minutes:\n{logs}"
+                assert time.monotonic() < deadline, f"{len(completed)} scheduled runs completed in 6 minutes:\n{logs}"
                 time.sleep(2)
                 deployments = [d for d in client.read_deployments() if d.name == "retrain-word2vec"]
                 if not deployments:
@@ -119,7 +120,7 @@ def test_served_deployment_retrains_on_its_schedule_and_registers_a_model(tmp_pa
                     any_=[deployment.id])))
                 broken = [r for r in runs if r.state and (r.state.is_failed() or r.state.is_crashed())]
                 assert not broken, f"run {broken[0].name} ended {broken[0].state.name}:\n{logs}"
-                completed = next((r for r in runs if r.state and r.state.is_completed()), None)
+                completed = sorted((r for r in runs if r.state and r.state.is_completed()), key=lambda r: r.start_time)
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
                 any_=["retrain-word2vec"])))
             stop_group(serving)
@@ -138,8 +139,10 @@ def test_served_deployment_retrains_on_its_schedule_and_registers_a_model(tmp_pa
         with pytest.raises(ProcessLookupError):
             os.killpg(process.pid, 0)
 
-    assert completed.auto_scheduled, "the run must come from the server's scheduler, not a manual trigger"
-    assert completed.parameters == {"pipelines": ["word2vec"], "root": str(root), "data": "acquire"}
+    first, second = completed[:2]
+    assert first.auto_scheduled and second.auto_scheduled, "runs come from the server's scheduler"
+    assert first.parameters == {"pipelines": ["word2vec"], "root": str(root), "data": "acquire"}
+    assert second.start_time >= first.end_time, "two runs of the deployment never overlap"
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
     assert deployment.schedules[0].schedule.interval.total_seconds() == 5
@@ -153,13 +156,14 @@ def test_served_deployment_retrains_on_its_schedule_and_registers_a_model(tmp_pa
     mlflow.set_registry_uri(f"sqlite:///{root / 'mlflow.db'}")
     champion = MlflowClient().get_model_version_by_alias("word2vec", "champion")
     assert str(champion.version) == "1"
+    assert len(MlflowClient().search_model_versions("name='word2vec'")) == 1, "an unchanged run registers nothing"
     registered = yaml.safe_load((root / "artifacts/word2vec/register/registered.json").read_text())
     assert registered["run_id"] == champion.run_id and registered["alias"] == "champion"
 
-    by_run = [a for a in artifacts if a.flow_run_id == completed.id]
-    assert len(by_run) == 1, f"expected one retrain-word2vec artifact of run {completed.name}: {artifacts}"
-    text = by_run[0].data
+    texts = {a.flow_run_id: a.data for a in artifacts}
+    text = texts[first.id]
     assert "**word2vec**: this run registered version 1 as `champion`." in text
+    assert "**word2vec**: data, params and code are unchanged since the last run" in texts[second.id]
     assert "- DVC: pushed to DVC remote `store`" in text
     assert f"| heldout_loss | {registered['primary_metric_value']} |" in text
 
