@@ -51,15 +51,14 @@ def checked_api_url() -> str:
 
 def build_deployment(root: Path, pipelines: list[str], cron: str | None = None,
                      interval: float | None = None) -> RunnerDeployment:
-    """The retraining deployment: the given interval, else the given cron, else params' schedule.cron; in
+    """The retraining deployment: the given interval, else the given cron, else params' schedule.cron, in
     params' schedule.timezone; concurrency limit 1 (ENQUEUE); parameters pinning the repository root."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron, Interval
 
     from flows.retrain import retrain_flow
 
-    params = load_params(root / "params.yaml")
-    schedule = params.schedule
+    schedule = load_params(root / "params.yaml").schedule
     if cron is not None:
         try:
             schedule = ScheduleParams.model_validate({**schedule.model_dump(), "cron": cron})
@@ -75,7 +74,7 @@ def build_deployment(root: Path, pipelines: list[str], cron: str | None = None,
         name=deployment_name(pipelines),
         schedule=when,
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-        parameters={"pipelines": pipelines, "root": str(root), "data": params.schedule.data},
+        parameters={"pipelines": pipelines, "root": str(root)},  # data: schedule.data, read at each run
         description=f"Scheduled retraining of {', '.join(pipelines)} in {root}",
         tags=["d2lflow", *pipelines],
     )

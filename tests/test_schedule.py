@@ -55,7 +55,7 @@ def test_served_deployment_has_the_params_cron_and_concurrency_limit_one() -> No
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * *", "UTC")
     assert deployment.concurrency_limit == 1
     assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
-    assert deployment.parameters == {"pipelines": ["word2vec"], "root": str(REPO), "data": "acquire"}
+    assert deployment.parameters == {"pipelines": ["word2vec"], "root": str(REPO)}
     assert deployment.name == "retrain-word2vec"
 
     every_minute = serve.build_deployment(REPO, ["word2vec"], interval=60)

@@ -141,7 +141,7 @@ def test_served_deployment_retrains_on_its_schedule_and_registers_a_model(tmp_pa
 
     first, second = completed[:2]
     assert first.auto_scheduled and second.auto_scheduled, "runs come from the server's scheduler"
-    assert first.parameters == {"pipelines": ["word2vec"], "root": str(root), "data": "acquire"}
+    assert first.parameters == {"pipelines": ["word2vec"], "root": str(root)}
     assert second.start_time >= first.end_time, "two runs of the deployment never overlap"
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
