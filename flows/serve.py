@@ -63,7 +63,7 @@ def build_deployment(root: Path, pipelines: list[str], cron: str | None = None,
         try:
             schedule = ScheduleParams.model_validate({**schedule.model_dump(), "cron": cron})
         except ValidationError as error:
-            raise D2lflowError(f"--cron {cron!r}: {error.errors()[0]['msg']}") from None
+            raise D2lflowError(f"--cron {cron!r}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     try:
         when = (Interval(interval, timezone=schedule.timezone) if interval is not None
                 else Cron(schedule.cron, timezone=schedule.timezone))

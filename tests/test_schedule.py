@@ -67,7 +67,7 @@ def test_served_deployment_has_the_params_cron_and_concurrency_limit_one() -> No
 def test_serve_rejects_a_bad_cron_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve.main(["--root", str(REPO), "--cron", "0 25 * * *"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: --cron '0 25 * * *': Value error, not a valid cron expression: Bad hour")
+    assert error.startswith("error: --cron '0 25 * * *': not a valid cron expression: Bad hour")
     assert len(error.splitlines()) == 1
 
 
