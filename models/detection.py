@@ -3,7 +3,8 @@ backbone, random, ImageNet-backbone or COCO-detector initialised, with a `num_cl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, WeightsEnum
 from torchvision.models.detection import (
@@ -27,21 +28,27 @@ WEIGHTS = ("none", "imagenet", "coco")
 OFFLINE_SETTING = "detection.train.weights: none"
 
 
+# The params of `detection.train` that shape the network (torchvision FasterRCNN keyword arguments).
+MODEL_OPTIONS = ("box_batch_size_per_image", "min_size", "max_size", "rpn_pre_nms_top_n_train",
+                 "rpn_post_nms_top_n_train")
+
+
 def build_detector(backbone: str, num_classes: int = 21, weights: str = "none", box_batch_size_per_image: int = 512,
-                   min_size: int | None = None, max_size: int | None = None) -> FasterRCNN:
+                   min_size: int | None = None, max_size: int | None = None, **options: int) -> FasterRCNN:
     """A Faster R-CNN for `num_classes` classes (background included: VOC is 20 + 1).
 
     weights: "none" (random init), "imagenet" (backbone only) or "coco" (the whole COCO detector, then a
     fresh `FastRCNNPredictor` for `num_classes`). `box_batch_size_per_image` is the number of RoIs sampled
     per image for the box head's loss: torchvision's 512 costs ~3x the step time of 128 on a CPU.
-    `min_size`/`max_size` override the model's internal resize (torchvision's defaults when None).
+    `min_size`/`max_size` override the model's internal resize (torchvision's defaults when None); other
+    `options` (e.g. `rpn_post_nms_top_n_train`) go to torchvision's FasterRCNN as they are.
     Unobtainable weights raise D2lflowError naming the file; never a silent fallback to random init."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown detection backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     if weights not in WEIGHTS:
         raise ValueError(f"unknown detection weights {weights!r}; choose from {', '.join(WEIGHTS)}")
     builder, imagenet, coco = BACKBONES[backbone]
-    options: dict = {"box_batch_size_per_image": box_batch_size_per_image}
+    options = {"box_batch_size_per_image": box_batch_size_per_image, **options}
     if min_size is not None:
         options["min_size"] = min_size
     if max_size is not None:
@@ -58,3 +65,10 @@ def build_detector(backbone: str, num_classes: int = 21, weights: str = "none", 
     in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
     return model
+
+
+def build_from_config(train: Mapping[str, Any], num_classes: int, weights: str = "none") -> FasterRCNN:
+    """The detector `detection.train` params describe (a dict: the train stage's params, or the copy a
+    registered model carries), so training, evaluation and serving build the same network."""
+    return build_detector(train["backbone"], num_classes, weights,
+                          **{key: train[key] for key in MODEL_OPTIONS if train.get(key) is not None})

@@ -94,4 +94,4 @@ def dvc_add(root: Path, path: str = "data") -> None:
     if not (root / ".dvc").is_dir():
         log.warning("%s is not a DVC repository; %s is not versioned", root, path)
         return
-    run_dvc(root, "add", "--quiet", path)
+    run_dvc(root, "add", path)  # not --quiet: that would also silence the reason of a failure

@@ -187,6 +187,10 @@ class DetectionTrainParams(Section):
     box_batch_size_per_image: int = Field(128, ge=1)  # RoIs sampled per image (torchvision: 512)
     min_size: int = Field(320, ge=32)  # the model's internal resize (shorter side)
     max_size: int = Field(640, ge=32)
+    # RPN proposals kept before / after NMS per image in training (torchvision: 2000 / 2000); images with a
+    # few objects need far fewer, and fewer make the proposal NMS and sampling of a CPU step cheaper.
+    rpn_pre_nms_top_n_train: int = Field(2000, ge=1)
+    rpn_post_nms_top_n_train: int = Field(2000, ge=1)
     flip_prob: float = Field(0.5, ge=0, le=1)
     crop_size: tuple[int, int] | None = None  # random (height, width) crop before the resize, or none
     lr: float = Field(0.02, gt=0)
@@ -206,7 +210,9 @@ class DetectionEvaluateParams(Section):
     score_thresh: float = Field(0.05, ge=0, le=1)
     nms_thresh: float = Field(0.5, gt=0, le=1)
     detections_per_image: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
     figure_images: int = Field(4, ge=0)
+    figure_score_thresh: float = Field(0.3, ge=0, le=1)  # boxes drawn on the MLflow figure
     out_dir: str = "artifacts/detection/evaluate"
 
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from models.detection import build_detector
+from models.detection import MODEL_OPTIONS, build_detector, build_from_config
 from tasks.errors import D2lflowError
+from tasks.params import DetectionTrainParams, load_params
+from tests.conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +39,20 @@ def test_default_keeps_torchvision_sampling_and_resize() -> None:
     model = build_detector("mobilenet_v3_large_320_fpn")
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
     assert model.transform.min_size == (320,) and model.transform.max_size == 640
+
+
+def test_the_network_params_describe_is_built_for_training_evaluation_and_serving() -> None:
+    """The train stage, the evaluate stage and the registered model all build through build_from_config,
+    so every option in params.yaml reaches torchvision (a stale copy would serve another network)."""
+    train = load_params(REPO / "params.yaml").detection.train
+    model = build_from_config(train.model_dump(), 21)
+    assert model.transform.min_size == (train.min_size,) and model.transform.max_size == train.max_size
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == train.box_batch_size_per_image
+    assert model.rpn._pre_nms_top_n["training"] == train.rpn_pre_nms_top_n_train
+    assert model.rpn._post_nms_top_n["training"] == train.rpn_post_nms_top_n_train
+    assert set(MODEL_OPTIONS) <= set(DetectionTrainParams.model_fields)
+    defaults = build_from_config(DetectionTrainParams().model_dump(), 21)  # the class defaults: torchvision's own
+    assert defaults.rpn._post_nms_top_n["training"] == 2000 and defaults.transform.min_size == (320,)
 
 
 def _tiny_batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

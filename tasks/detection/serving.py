@@ -18,13 +18,12 @@ COLUMNS = ("image", "label", "name", "score", "xmin", "ymin", "xmax", "ymax")
 
 class FasterRcnnDetector(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from models.detection import build_detector
+        from models.detection import build_from_config
 
         with open(context.artifacts["config"], encoding="utf-8") as handle:
             self.config = json.load(handle)
         train, evaluate = self.config["train"], self.config["evaluate"]
-        self.model = build_detector(train["backbone"], len(self.config["classes"]), "none",
-                                    train["box_batch_size_per_image"], train["min_size"], train["max_size"])
+        self.model = build_from_config(train, len(self.config["classes"]))
         self.model.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         self.model.roi_heads.score_thresh = evaluate["score_thresh"]
         self.model.roi_heads.nms_thresh = evaluate["nms_thresh"]

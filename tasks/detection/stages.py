@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from models.detection import build_detector
+from models.detection import build_detector, build_from_config
 from tasks import tracking
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.detection import train as tr
@@ -55,9 +55,7 @@ def _outputs(params: Params) -> dict[str, Path]:
 
 
 def _model(params: Params, weights: str) -> torch.nn.Module:
-    cfg = params.detection.train
-    return build_detector(cfg.backbone, len(VOC_CLASSES), weights, cfg.box_batch_size_per_image,
-                          cfg.min_size, cfg.max_size)
+    return build_from_config(params.detection.train.model_dump(), len(VOC_CLASSES), weights)
 
 
 def train(params: Params) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     device = select_device(params.device)
     model = load_model(params, device)
     dataset = DetectionDataset(params.path(cfg.preprocess.out_dir) / "val", params.path(cfg.preprocess.data_dir))
-    dets, gts, per_image = predict(model, dataset, device)
+    dets, gts, per_image = predict(model, dataset, device, cfg.evaluate.batch_size)
     labels = list(range(1, len(VOC_CLASSES)))
     voc10 = voc_ap(dets, gts, 0.5, "voc10", labels)
     voc07 = voc_ap(dets, gts, 0.5, "voc07", labels)
@@ -181,7 +179,7 @@ def evaluate(params: Params) -> dict[str, Any]:
                 (tmp / f"{VOC_CLASSES[c].replace('/', '_')}.csv").write_text(
                     "recall,precision\n" + "".join(f"{r:.6f},{p:.6f}\n" for r, p in rows))
     with atomic_path(out["figure"]) as tmp:
-        tmp.write_bytes(predictions_figure(per_image, 0.3, cfg.evaluate.figure_images))
+        tmp.write_bytes(predictions_figure(per_image, cfg.evaluate.figure_score_thresh, cfg.evaluate.figure_images))
     write_json(out["per_class"], per_class)
     write_json(out["metrics"], metrics)
     with tracking.reopened_run(PIPELINE, params, out["run"]):
