@@ -126,8 +126,10 @@ def postgres_cluster(database: str = "mlflow") -> Iterator[Postgres]:
         _check([*owner, str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust", "-E", "UTF8",
                 "--no-sync"], "initdb")
         port = free_port()
-        options = f"-h 127.0.0.1 -p {port} -k {sockets} -F"
-        _check([*owner, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
+        with (data / "postgresql.conf").open("a") as conf:  # settings here, not in pg_ctl's shell string
+            conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{sockets}'\n"
+                       "fsync = off\n")
+        _check([*owner, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
                 "-t", str(int(STARTUP_TIMEOUT)), "start"], "pg_ctl start", log)
         try:
             _check([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, database],
@@ -142,16 +144,16 @@ def postgres_cluster(database: str = "mlflow") -> Iterator[Postgres]:
 
 def _stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
     """SIGTERM the process group (the server and its workers), SIGKILL what is left after `grace` s."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace)
-    except ProcessLookupError:
-        pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
 
 
 def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT) -> None:

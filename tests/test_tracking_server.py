@@ -31,7 +31,7 @@ def test_pipeline_on_a_postgresql_tracking_server_registers_a_model_loadable_by_
     postgres, server = postgres_tracking_server
     root = copy_repo(tmp_path / "repo", TINY)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # samples even from a short run
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # samples even a seconds-long run
     run(root, D2LFLOW, "run", "word2vec", "--no-prefect")
 
     registered = read(root, "artifacts/word2vec/register/registered.json")
