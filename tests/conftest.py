@@ -9,11 +9,14 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.servers import MlflowServer, Postgres, ServerUnavailable, mlflow_server, postgres_cluster, require_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -149,3 +152,19 @@ def server(tmp_path, monkeypatch):
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- tracking server
+
+@pytest.fixture
+def postgres_tracking_server(tmp_path: Path) -> Iterator[tuple[Postgres, MlflowServer]]:
+    """A throwaway PostgreSQL cluster and an `mlflow server` using it as backend store, with its
+    own artifact root. Without PostgreSQL the test is skipped, except under CI=true where it fails."""
+    try:
+        require_postgres()
+    except ServerUnavailable as error:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {error}")
+        pytest.skip(str(error))
+    with postgres_cluster() as postgres, mlflow_server(postgres.uri, tmp_path / "mlflow-server") as server:
+        yield postgres, server
