@@ -132,8 +132,16 @@ def launch(params: Params, pipeline: str, stage: str) -> bool:
 
 def failure_message(what: str, world_size: int, code: int, output: list[str]) -> str:
     """One line from torchrun's output: the workers' own `error:` lines, else torchrun's root cause."""
-    errors = list(dict.fromkeys(line.split("error: ", 1)[1] for line in output if line.startswith("error: ")))
-    cause = [f"{m.group(1)} {m.group(2).strip()}" for m in map(_ROOT_CAUSE.match, output) if m]
+    by_message: dict[str, list[str]] = {}  # the same error from every rank is said once
+    for line in output:
+        if line.startswith("error: "):
+            found = re.match(r"rank (\d+)/\d+: (.*)", line[len("error: "):])
+            rank, message = found.groups() if found else ("?", line[len("error: "):])
+            by_message.setdefault(message, []).append(rank)
+    errors = [f"rank {', '.join(ranks)}: {message}" if len(ranks) == 1 else f"ranks {', '.join(sorted(ranks))}: "
+              f"{message}" for message, ranks in by_message.items()]
+    first = max((i for i, line in enumerate(output) if "Root Cause" in line), default=0)
+    cause = [f"{m.group(1)} {m.group(2).strip()}" for m in map(_ROOT_CAUSE.match, output[first:]) if m]
     detail = "; ".join(errors or cause[:3]) or "no worker reported an error (see the log above)"
     return (f"{what} under torchrun ({world_size} processes) failed with exit status {code}: {detail}. "
             "The log above has every rank's output")
