@@ -8,7 +8,7 @@ A training stage adopts it in a few lines (see tasks/word2vec/stages.py):
     with distributed.process_group(params) as ctx:      # ctx.device, ctx.rank, ctx.is_main
         state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
         ddp_model = distributed.wrap(model, ctx)        # train through it; save `model` (unwrapped)
-        ...  # each rank: batch[distributed.shard(len(batch), ctx)], loss * ctx.world_size
+        ...  # each rank: batch[distributed.shard(len(batch), ctx)], global_sum(loss, ctx).backward()
         ...  # only ctx.is_main opens the MLflow run and writes outputs and checkpoints
 
 World size 1 (the default) never creates a process group or a DDP wrapper: the single-process path
@@ -207,6 +207,13 @@ def wrap(module: nn.Module, ctx: Context) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def global_sum(loss: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """What a rank back-propagates for `loss`, the sum over its share of a global batch: DDP averages
+    gradients over the ranks, so scaled by the world size the result is the gradient of the sum over
+    the whole batch, the single-process gradient (up to float summation order). One process: `loss`."""
+    return loss * ctx.world_size if ctx.distributed else loss
 
 
 def shard(size: int, ctx: Context) -> slice:

@@ -79,15 +79,16 @@ def check_distributed(cfg: SegmentationTrainParams, images: int, ctx: distribute
                            f"{ctx.device}: set it to false (each rank then normalises over its own share)")
 
 
-def _loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int, epoch: int,
+def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int, epoch: int,
             device: torch.device, ctx: distributed.Context) -> DataLoader:
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 5, epoch]).generate_state(1)[0]))
     pin_memory = cfg.pin_memory and device.type == "cuda"
-    if ctx.distributed:  # the same shuffle as below (RandomSampler is what shuffle=True builds), shared out
+    if ctx.distributed:  # the batches of the loader below, shared out: RandomSampler is what shuffle=True
+        # builds, and the loader draws its base seed from `generator` before the sampler draws its order.
         batches = BatchSampler(RandomSampler(dataset, generator=generator), cfg.batch_size, drop_last=False)
-        return DataLoader(dataset, batch_sampler=RankShares(batches, ctx), num_workers=cfg.num_workers,
-                          pin_memory=pin_memory)
+        return DataLoader(dataset, batch_sampler=RankShares(batches, ctx), generator=generator,
+                          num_workers=cfg.num_workers, pin_memory=pin_memory)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                       num_workers=cfg.num_workers, pin_memory=pin_memory, drop_last=False)
 
@@ -118,7 +119,7 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
         start = time.perf_counter()
         model.train()
         loss_sum, examples, correct, labelled = 0.0, 0, 0, 0
-        batches = tqdm(_loader(dataset, cfg, seed, epoch, device, ctx), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        batches = tqdm(epoch_loader(dataset, cfg, seed, epoch, device, ctx), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        leave=False, mininterval=5.0, disable=not ctx.is_main)
         for images, labels in batches:
             images = images.to(device, non_blocking=True)
@@ -131,8 +132,7 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
                 raise D2lflowError(f"epoch {epoch + 1}: the loss is not finite ({float(total)}); "
                                    "lower segmentation.train.lr (or turn off amp)")
             optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over the ranks; the loss is a sum, so scale back to the batch's sum.
-            scaler.scale(total * ctx.world_size if ctx.distributed else total).backward()
+            scaler.scale(distributed.global_sum(total, ctx)).backward()
             scaler.step(optimizer)
             scaler.update()
             with torch.no_grad():

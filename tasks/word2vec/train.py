@@ -164,8 +164,7 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
             part = entries.select(rows[distributed.shard(len(rows), ctx)] if ctx.distributed else rows)
             loss = pair_loss(pair_logits(part.centers, part.words), part)
             optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over the ranks; the loss is a sum, so scale back to the batch's sum.
-            (loss * ctx.world_size if ctx.distributed else loss).backward()
+            distributed.global_sum(loss, ctx).backward()
             optimizer.step()
             loss_sum += loss.detach()
         examples = len(entries)
