@@ -3,12 +3,12 @@ a global batch, and the few numbers every rank must agree on.
 
 A training stage adopts it in a few lines (see tasks/word2vec/stages.py):
 
-    if distributed.launch(params, PIPELINE, "train"):   # world size > 1: ran under torchrun, waited
-        return read_json(metrics_file)                  # rank 0 wrote the outputs
+    if (summary := distributed.launch(params, PIPELINE, "train", metrics_file)) is not None:
+        return summary                                  # world size > 1: torchrun ran it, rank 0 wrote
     with distributed.process_group(params) as ctx:      # ctx.device, ctx.rank, ctx.is_main
         state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
         ddp_model = distributed.wrap(model, ctx)        # train through it; save `model` (unwrapped)
-        ...  # each rank: batch[distributed.shard(len(batch), ctx)], global_sum(loss, ctx).backward()
+        ...  # each rank: its share of every global batch (shard, RankShares), global_sum(loss).backward()
         ...  # only ctx.is_main opens the MLflow run and writes outputs and checkpoints
 
 World size 1 (the default) never creates a process group or a DDP wrapper: the single-process path
@@ -34,15 +34,19 @@ from typing import Any
 import torch
 from torch import distributed as dist
 from torch import nn
+from torch.utils.data import BatchSampler, Sampler
 
+from tasks.atomic import read_json
 from tasks.errors import D2lflowError
 from tasks.params import Params
 from tasks.runtime import load_checkpoint, select_device
 
 log = logging.getLogger(__name__)
 
-# What torchrun's failure summary says about the first failed rank (kept for the error message).
+# What torchrun's failure summary says about the first failed rank, and the last line of a worker's
+# Python traceback (kept for the error message).
 _ROOT_CAUSE = re.compile(r"^\s*(rank|exitcode|traceback)\s*:\s*(.+)$")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): \S.*$")
 
 
 @dataclass(frozen=True)
@@ -99,13 +103,14 @@ def torchrun_command(params: Params, pipeline: str, stage: str) -> list[str]:
             "-m", "tasks", pipeline, stage, "--params", str(params.source())]
 
 
-def launch(params: Params, pipeline: str, stage: str) -> bool:
+def launch(params: Params, pipeline: str, stage: str, summary: Path) -> dict[str, Any] | None:
     """Run `stage` under torchrun when params ask for more than one process and this process is not
-    already a torchrun worker; wait for it, echoing its output to stderr. Returns False when the
-    caller should train itself, True when the workers did; a failed rank is a D2lflowError naming it."""
+    already a torchrun worker; wait for it, echoing its output to stderr. Returns None when the
+    caller should train itself, else the stage's summary: the JSON rank 0 wrote to `summary` (on
+    node 0; other nodes have no outputs). A failed rank is a D2lflowError naming it."""
     cfg = params.distributed
     if cfg.world_size == 1 or is_worker():
-        return False
+        return None
     command = torchrun_command(params, pipeline, stage)
     log.info("%s %s: %d processes (%d per node, node %d of %d) through torchrun", pipeline, stage, cfg.world_size,
              cfg.nproc_per_node, cfg.node_rank, cfg.nnodes)
@@ -127,11 +132,14 @@ def launch(params: Params, pipeline: str, stage: str) -> bool:
                     proc.kill()
     if code != 0:
         raise D2lflowError(failure_message(f"{pipeline} {stage}", cfg.world_size, code, list(tail)))
-    return True
+    if cfg.node_rank != 0:
+        return {"node_rank": cfg.node_rank, "outputs": f"written by rank 0 on node 0 ({cfg.master_addr})"}
+    return read_json(summary)
 
 
 def failure_message(what: str, world_size: int, code: int, output: list[str]) -> str:
-    """One line from torchrun's output: the workers' own `error:` lines, else torchrun's root cause."""
+    """One line from torchrun's output: the workers' own `error:` lines, else the exceptions they
+    raised and torchrun's root cause (which rank, its exit code or signal)."""
     by_message: dict[str, list[str]] = {}  # the same error from every rank is said once
     for line in output:
         if line.startswith("error: "):
@@ -142,7 +150,8 @@ def failure_message(what: str, world_size: int, code: int, output: list[str]) ->
               f"{message}" for message, ranks in by_message.items()]
     first = max((i for i, line in enumerate(output) if "Root Cause" in line), default=0)
     cause = [f"{m.group(1)} {m.group(2).strip()}" for m in map(_ROOT_CAUSE.match, output[first:]) if m]
-    detail = "; ".join(errors or cause[:3]) or "no worker reported an error (see the log above)"
+    exceptions = list(dict.fromkeys(line for line in output[:first] if _EXCEPTION.match(line)))
+    detail = "; ".join(errors or exceptions[:2] + cause[:3]) or "no worker reported an error (see the log above)"
     return (f"{what} under torchrun ({world_size} processes) failed with exit status {code}: {detail}. "
             "The log above has every rank's output")
 
@@ -222,6 +231,21 @@ def shard(size: int, ctx: Context) -> slice:
     base, extra = divmod(size, ctx.world_size)
     start = ctx.rank * base + min(ctx.rank, extra)
     return slice(start, start + base + (1 if ctx.rank < extra else 0))
+
+
+class RankShares(Sampler[list[int]]):
+    """This rank's share of each global batch of `batches` (every rank draws the same global batches,
+    e.g. a BatchSampler over a RandomSampler seeded alike): a DataLoader's `batch_sampler` under DDP."""
+
+    def __init__(self, batches: BatchSampler, ctx: Context) -> None:
+        self.batches, self.ctx = batches, ctx
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[shard(len(batch), self.ctx)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def all_sum(values: Sequence[float], ctx: Context) -> list[float]:

@@ -102,7 +102,9 @@ def run_name(pipeline: str, params: Params) -> str:
 
 def pipeline_params(params: Params, pipeline: str) -> dict[str, Any]:
     """The params a run depends on, with full keys: shared ones plus the pipeline's section."""
-    flat = flatten({"seed": params.seed, "device": params.device, pipeline: getattr(params, pipeline).model_dump()})
+    world = {key: getattr(params.distributed, key) for key in ("nproc_per_node", "nnodes")}  # the world size
+    flat = flatten({"seed": params.seed, "device": params.device, "distributed": world,
+                    pipeline: getattr(params, pipeline).model_dump()})
     return {key: ("null" if value is None else value) for key, value in flat.items()}
 
 

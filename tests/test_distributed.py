@@ -188,10 +188,11 @@ def test_several_nodes_need_a_master_port_and_a_node_rank_below_nnodes(tmp_path:
 
 
 def test_launch_leaves_one_process_and_torchrun_workers_to_train_themselves(tmp_path, monkeypatch):
-    assert distributed.launch(_params(tmp_path), "word2vec", "train") is False
+    metrics = tmp_path / "metrics.json"
+    assert distributed.launch(_params(tmp_path), "word2vec", "train", metrics) is None
     for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
-    assert distributed.launch(_params(tmp_path, nproc_per_node=2), "word2vec", "train") is False
+    assert distributed.launch(_params(tmp_path, nproc_per_node=2), "word2vec", "train", metrics) is None
     assert distributed.rank_label() == "rank 1/2"
 
 
@@ -220,6 +221,10 @@ Root Cause (first observed failure):
     message = failure_message("word2vec train", 2, 1, summary)
     assert message.endswith(": rank 1 (local_rank: 1); exitcode -9 (pid: 12); traceback Signal 9 (SIGKILL) "
                             "received by PID 12. The log above has every rank's output")
+    crashed = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
+               "RuntimeError: CUDA out of memory", *summary]  # a bug or a crash, not a D2lflowError
+    assert "exit status 1: RuntimeError: CUDA out of memory; rank 1 (local_rank: 1); exitcode -9" in (
+        failure_message("word2vec train", 2, 1, crashed))
 
 
 # ----------------------------------------------------------------------------- real torchrun runs

@@ -66,8 +66,8 @@ def train(params: Params) -> dict[str, Any]:
     With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
     MLflow and writes outputs and checkpoints."""
     out = _outputs(params)
-    if distributed.launch(params, PIPELINE, "train"):
-        return read_json(out["train_metrics"])
+    if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
+        return summary
     cfg = params.segmentation
     pre_dir = params.path(cfg.preprocess.out_dir)
     with distributed.process_group(params) as ctx:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
 from tasks import distributed
@@ -49,20 +49,6 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-class RankShares(Sampler[list[int]]):
-    """This rank's share of each global batch of `batches` (every rank draws the same global batches)."""
-
-    def __init__(self, batches: BatchSampler, ctx: distributed.Context) -> None:
-        self.batches, self.ctx = batches, ctx
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
-            yield batch[distributed.shard(len(batch), self.ctx)]
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def check_distributed(cfg: SegmentationTrainParams, images: int, ctx: distributed.Context) -> None:
     """What DDP needs, checked before anything is logged: every rank gets at least one image of every
     global batch (an empty share cannot run BatchNorm), and SyncBatchNorm only on CUDA."""
@@ -87,7 +73,7 @@ def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, see
     if ctx.distributed:  # the batches of the loader below, shared out: RandomSampler is what shuffle=True
         # builds, and the loader draws its base seed from `generator` before the sampler draws its order.
         batches = BatchSampler(RandomSampler(dataset, generator=generator), cfg.batch_size, drop_last=False)
-        return DataLoader(dataset, batch_sampler=RankShares(batches, ctx), generator=generator,
+        return DataLoader(dataset, batch_sampler=distributed.RankShares(batches, ctx), generator=generator,
                           num_workers=cfg.num_workers, pin_memory=pin_memory)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                       num_workers=cfg.num_workers, pin_memory=pin_memory, drop_last=False)

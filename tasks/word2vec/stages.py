@@ -70,8 +70,8 @@ def train(params: Params) -> dict[str, Any]:
     the per-epoch history (DVC plot) and the train metrics. With `distributed.*` asking for several
     processes it runs under torchrun; rank 0 alone logs to MLflow and writes outputs and checkpoints."""
     outputs = _train_outputs(params)
-    if distributed.launch(params, PIPELINE, "train"):
-        return read_json(outputs["metrics"])
+    if (summary := distributed.launch(params, PIPELINE, "train", outputs["metrics"])) is not None:
+        return summary
     cfg = params.word2vec
     pre_dir = params.path(cfg.preprocess.out_dir)
     vocab = pp.load_vocab(pre_dir)
