@@ -365,6 +365,40 @@ def test_a_killed_rank_fails_the_stage_and_the_error_names_it(word2vec_repo: Pat
     assert not (root / "artifacts/word2vec/train/model.pt").exists()
 
 
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_train_together_and_only_node_0_has_outputs(word2vec_repo: Path):
+    # Two "nodes" of one process each, as on two machines: node 0 runs the stage as DVC would, node 1
+    # starts its workers with `python -m tasks word2vec train` and its own node_rank.
+    root = word2vec_repo
+    port = _free_port()
+    set_params(root / "params.yaml", ["distributed.nproc_per_node=1", "distributed.nnodes=2",
+                                      f"distributed.master_port={port}"])
+    (root / "node1.yaml").write_text((root / "params.yaml").read_text())
+    set_params(root / "node1.yaml", ["distributed.node_rank=1"])
+    subprocess.run(["rm", "-rf", str(root / "checkpoints/word2vec"), str(root / "artifacts/word2vec/train")],
+                   check=True)
+    node1 = subprocess.Popen([sys.executable, "-m", "tasks", "word2vec", "train", "--params", "node1.yaml"], cwd=root,
+                             env=_env(root, "nodes.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        node0 = subprocess.run([sys.executable, "-m", "tasks", "word2vec", "train"], cwd=root,
+                               env=_env(root, "nodes.db"), capture_output=True, text=True, timeout=300)
+        out1, err1 = node1.communicate(timeout=120)
+    finally:
+        if node1.poll() is None:
+            os.killpg(node1.pid, signal.SIGKILL)
+            node1.wait(timeout=30)
+        set_params(root / "params.yaml", ["distributed.nnodes=1", "distributed.master_port=null"])
+    assert node0.returncode == 0, node0.stderr
+    assert node1.returncode == 0, err1
+    assert json.loads(out1) == {"node_rank": 1, "outputs": "written by rank 0 on node 0 (127.0.0.1)"}
+    assert "[rank 1/2] tasks.word2vec.train: epoch 3:" in err1  # node 1's worker trained all epochs
+    assert json.loads(node0.stdout)["epochs"] == 3
+    (nodes_run,) = _runs(root, "nodes.db")
+    assert nodes_run.data.tags["d2lflow.world_size"] == "2"
+    assert nodes_run.data.params["distributed.nnodes"] == "2"
+
+
 SEGMENTATION = ["segmentation.data.synthetic.train_images=8", "segmentation.data.synthetic.val_images=2",
                 "segmentation.data.synthetic.image_size=[72,80]", "segmentation.data.synthetic.small_fraction=0",
                 "segmentation.preprocess.crop_size=[64,64]", "segmentation.train.batch_size=4",
