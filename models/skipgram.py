@@ -50,6 +50,18 @@ class SkipGram(nn.Module):
         return _PairDot.apply(self.embed_v.weight, self.embed_u.weight, centers, words)
 
 
+class PairLogits(nn.Module):
+    """A SkipGram whose forward is the ragged `pair_logits`: DistributedDataParallel wraps a module
+    and hooks its forward, so training under DDP goes through this (same parameters, same keys)."""
+
+    def __init__(self, skipgram: SkipGram) -> None:
+        super().__init__()
+        self.skipgram = skipgram
+
+    def forward(self, centers: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        return self.skipgram.pair_logits(centers, words)
+
+
 def masked_sigmoid_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-example binary cross-entropy averaged over the unmasked entries (d2l's SigmoidBCELoss
     divided by mask.sum(1) times the width): logits, labels, mask (B, L) → (B,)."""

@@ -51,7 +51,10 @@ def quiet_environment() -> None:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    from tasks.distributed import rank_label
+
+    rank = f"[{rank_label()}] " if rank_label() else ""  # torchrun interleaves the ranks' logs
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s",
                         stream=sys.stderr)
     for noisy in ("alembic", "mlflow.store", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             raise D2lflowError(f"unknown stage {args.stage!r} for {args.pipeline}; choose from {', '.join(available)}")
         summary = available[args.stage](load_params(args.params))
     except D2lflowError as error:
-        print(f"error: {error}", file=sys.stderr)
+        from tasks.distributed import rank_label
+
+        print(f"error: {rank_label() + ': ' if rank_label() else ''}{error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0

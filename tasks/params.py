@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tasks.errors import ParamsError
 
@@ -32,6 +32,28 @@ class MlflowParams(Section):
     artifact_root: str = "mlartifacts"
     registry_uri: str | None = None
     system_metrics: bool = True
+
+
+class DistributedParams(Section):
+    """Multi-process training through torchrun (DDP). World size 1 is the plain single-process run;
+    above 1 the train stage re-launches itself under `python -m torch.distributed.run`."""
+
+    nproc_per_node: int = Field(1, ge=1)  # processes on this node (one per GPU on CUDA)
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)  # this node's rank, 0..nnodes-1 (set per node)
+    master_addr: str = "127.0.0.1"  # rank 0's host, reachable from every node
+    master_port: int | None = Field(None, ge=1, le=65535)  # null: a free port (single node only)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+
+    @model_validator(mode="after")
+    def _node_rank_below_nnodes(self) -> DistributedParams:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank must be below nnodes ({self.nnodes}); found {self.node_rank}")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 class DataSourceParams(Section):
@@ -150,6 +172,7 @@ class SegmentationTrainParams(Section):
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
     amp: bool = False  # mixed precision, CUDA only
+    sync_batchnorm: bool = False  # under DDP: BatchNorm statistics over the global batch (CUDA only)
     out_dir: str = "artifacts/segmentation/train"
     checkpoint_dir: str = "checkpoints/segmentation"
 
@@ -273,7 +296,9 @@ class Params(Section):
     seed: int = 0
     device: str = "auto"
     _root: Path | None = PrivateAttr(None)
+    _source: Path | None = PrivateAttr(None)
     mlflow: MlflowParams = MlflowParams()
+    distributed: DistributedParams = DistributedParams()
     word2vec: Word2vecParams = Word2vecParams()
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
@@ -290,6 +315,10 @@ class Params(Section):
     def root(self) -> Path:
         """The directory relative paths in params are resolved against (set by `load_params`)."""
         return self._root or Path.cwd()
+
+    def source(self) -> Path:
+        """The params file these params were read from (a re-launched process reads the same one)."""
+        return self._source or self.root() / DEFAULT_PARAMS
 
     def path(self, relative: str) -> Path:
         """Resolve a path from params against the params file's directory."""
@@ -319,6 +348,7 @@ def parse_params(raw: dict[str, Any], source: Path = DEFAULT_PARAMS) -> Params:
     except ValidationError as error:
         raise ParamsError(_format_errors(error, source)) from None
     params._root = source.resolve().parent
+    params._source = source.resolve()
     return params
 
 

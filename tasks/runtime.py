@@ -9,7 +9,7 @@ import platform
 import random
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -105,12 +105,13 @@ def restore(state: dict[str, Any], **stateful: Any) -> tuple[list[dict], int]:
     return list(state["history"]), int(state["epoch"])
 
 
-def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written for the same inputs and params, else None."""
-    if not path.is_file():
+def load_checkpoint(path: Path, fingerprint: str, data: BinaryIO | None = None) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written for the same inputs and params, else None.
+    `data`: the file's bytes already read (a rank that received rank 0's checkpoint)."""
+    if data is None and not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path if data is None else data, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt checkpoint is not trusted, training starts over
         log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, error)
         return None

@@ -102,16 +102,19 @@ def run_name(pipeline: str, params: Params) -> str:
 
 def pipeline_params(params: Params, pipeline: str) -> dict[str, Any]:
     """The params a run depends on, with full keys: shared ones plus the pipeline's section."""
-    flat = flatten({"seed": params.seed, "device": params.device, pipeline: getattr(params, pipeline).model_dump()})
+    world = {key: getattr(params.distributed, key) for key in ("nproc_per_node", "nnodes")}  # the world size
+    flat = flatten({"seed": params.seed, "device": params.device, "distributed": world,
+                    pipeline: getattr(params, pipeline).model_dump()})
     return {key: ("null" if value is None else value) for key, value in flat.items()}
 
 
 @contextmanager
 def training_run(pipeline: str, params: Params, device: str, run_file: Path, dataset_dir: Path | None = None,
-                 resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+                 resume_run_id: str | None = None, world_size: int = 1) -> Iterator[mlflow.ActiveRun]:
     """Start the run of a training stage: params, lineage tags, the dataset as an input, and
     system metrics; its id goes to `run_file` for the later stages of the same pipeline.
-    `resume_run_id` (from a checkpoint) continues the interrupted run when the store still has it."""
+    `resume_run_id` (from a checkpoint) continues the interrupted run when the store still has it.
+    Under DDP only rank 0 calls this; `world_size` (processes that trained) becomes a tag."""
     configure(params)
     if resume_run_id:
         try:
@@ -120,8 +123,8 @@ def training_run(pipeline: str, params: Params, device: str, run_file: Path, dat
             resume_run_id = None
     start = ({"run_id": resume_run_id} if resume_run_id else
              {"experiment_id": experiment_id(pipeline, params), "run_name": run_name(pipeline, params)})
-    with mlflow.start_run(**start, tags=lineage_tags(params, pipeline, device),
-                          log_system_metrics=params.mlflow.system_metrics) as run:
+    tags = {**lineage_tags(params, pipeline, device), f"{TAG}world_size": str(world_size)}
+    with mlflow.start_run(**start, tags=tags, log_system_metrics=params.mlflow.system_metrics) as run:
         if not resume_run_id:
             mlflow.log_params(pipeline_params(params, pipeline))
         if dataset_dir is not None:

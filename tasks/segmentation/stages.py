@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.fcn import build_fcn
-from tasks import tracking
+from tasks import distributed, tracking
 from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.metrics import confusion_matrix, segmentation_scores
@@ -24,7 +24,6 @@ from tasks.runtime import (
     figure_png,
     fingerprint,
     hash_tree,
-    load_checkpoint,
     seed_everything,
     select_device,
 )
@@ -63,40 +62,52 @@ def _outputs(params: Params) -> dict[str, Path]:
 
 
 def train(params: Params) -> dict[str, Any]:
-    """Train the FCN (resuming from a matching checkpoint); write weights, history and train metrics."""
+    """Train the FCN (resuming from a matching checkpoint); write weights, history and train metrics.
+    With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
+    MLflow and writes outputs and checkpoints."""
+    out = _outputs(params)
+    if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
+        return summary
     cfg = params.segmentation
     pre_dir = params.path(cfg.preprocess.out_dir)
-    device = select_device(params.device)
-    seed_everything(params.seed)
-    dataset = SegmentationDataset(pre_dir / "train", tuple(cfg.preprocess.crop_size), params.seed, train=True)
-    run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
-                                                                "pin_memory"}),
-                                  cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                  hash_tree(pre_dir), code_hash(tr, build_fcn))
-    checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-    state = load_checkpoint(checkpoint, run_fingerprint)
-    model = build_fcn(len(VOC_CLASSES), cfg.train.backbone_weights)
-    out = _outputs(params)
-    with tracking.training_run(PIPELINE, params, str(device), out["run"], params.path(cfg.data.dir),
-                               resume_run_id=state.get("run_id") if state else None) as run:
-        def on_epoch(record: dict) -> None:
-            tracking.log_metrics({"train_loss": record["loss"], "train_pixel_accuracy": record["train_pixel_accuracy"],
-                                  "images_per_s": record["images_per_s"]}, step=record["epoch"])
+    with distributed.process_group(params) as ctx:
+        device = ctx.device
+        seed_everything(params.seed)
+        dataset = SegmentationDataset(pre_dir / "train", tuple(cfg.preprocess.crop_size), params.seed, train=True)
+        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
+                                                                    "pin_memory"}),
+                                      cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
+                                      ctx.world_size, hash_tree(pre_dir), code_hash(tr, build_fcn))
+        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
+        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
+        tr.check_distributed(cfg.train, len(dataset), ctx)
+        model = build_fcn(len(VOC_CLASSES), cfg.train.backbone_weights)
+        with distributed.main_only(ctx, tracking.training_run(
+                PIPELINE, params, str(device), out["run"], params.path(cfg.data.dir),
+                resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
+            def on_epoch(record: dict) -> None:
+                tracking.log_metrics({"train_loss": record["loss"],
+                                      "train_pixel_accuracy": record["train_pixel_accuracy"],
+                                      "images_per_s": record["images_per_s"]}, step=record["epoch"])
 
-        result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint, state=state,
-                          run_id=run.info.run_id, on_epoch=on_epoch)
-        history = result.history
-        metrics = {"final_epoch_loss": history[-1]["loss"],
-                   "train_pixel_accuracy": history[-1]["train_pixel_accuracy"],
-                   "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-                   "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
-                   "train_images": len(dataset)}
-        with atomic_path(out["model"]) as tmp:
-            torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
-        write_text(out["history"], "epoch,loss,train_pixel_accuracy,images_per_s\n" + "".join(
-            f"{h['epoch']},{h['loss']:.6f},{h['train_pixel_accuracy']:.6f},{h['images_per_s']:.3f}\n"
-            for h in history))
-        write_json(out["train_metrics"], {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
+            result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint,
+                              state=state, run_id=run.info.run_id if run else "",
+                              on_epoch=on_epoch if run else None, ctx=ctx)
+            history = result.history
+            metrics = {"final_epoch_loss": history[-1]["loss"],
+                       "train_pixel_accuracy": history[-1]["train_pixel_accuracy"],
+                       "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+                       "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
+                       "train_images": len(dataset)}
+            if not ctx.is_main:
+                return {"rank": ctx.rank, "outputs": "written by rank 0"}
+            with atomic_path(out["model"]) as tmp:
+                torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
+            write_text(out["history"], "epoch,loss,train_pixel_accuracy,images_per_s\n" + "".join(
+                f"{h['epoch']},{h['loss']:.6f},{h['train_pixel_accuracy']:.6f},{h['images_per_s']:.3f}\n"
+                for h in history))
+            write_json(out["train_metrics"],
+                       {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics
 
 

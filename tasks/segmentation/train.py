@@ -3,6 +3,11 @@ decay; optional mixed precision on CUDA; a checkpoint every epoch and resume.
 
 Each epoch's shuffle and crops are seeded by (seed, epoch), so a resumed run replays exactly the
 batches the interrupted one would have seen.
+
+Under DDP (tasks/distributed.py) every rank draws the same shuffled global batches of `batch_size`
+images and loads only its share; gradients are averaged over the ranks and the loss (a sum over the
+batch) is scaled by the world size, so a step is the single-process step up to float summation
+order, except for BatchNorm, whose batch statistics are per rank unless `sync_batchnorm` (CUDA).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
+from tasks import distributed
 from tasks.errors import D2lflowError
 from tasks.params import SegmentationTrainParams
 from tasks.runtime import restore, save_checkpoint
@@ -43,19 +49,46 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-def _loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int, epoch: int,
-            device: torch.device) -> DataLoader:
+def check_distributed(cfg: SegmentationTrainParams, images: int, ctx: distributed.Context) -> None:
+    """What DDP needs, checked before anything is logged: every rank gets at least one image of every
+    global batch (an empty share cannot run BatchNorm), and SyncBatchNorm only on CUDA."""
+    if not ctx.distributed:
+        return
+    last = images % cfg.batch_size or cfg.batch_size
+    if min(cfg.batch_size, last, images) < ctx.world_size:
+        raise D2lflowError(f"{ctx.world_size} processes share each batch of segmentation.train.batch_size="
+                           f"{cfg.batch_size} images, but with {images} training images a batch has only "
+                           f"{min(last, cfg.batch_size, images)}; choose a batch_size whose last batch (images % "
+                           f"batch_size) is 0 or at least {ctx.world_size}, or fewer processes (distributed.*)")
+    if cfg.sync_batchnorm and ctx.device.type != "cuda":
+        raise D2lflowError("segmentation.train.sync_batchnorm needs CUDA (torch's SyncBatchNorm); training on "
+                           f"{ctx.device}: set it to false (each rank then normalises over its own share)")
+
+
+def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int, epoch: int,
+            device: torch.device, ctx: distributed.Context) -> DataLoader:
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 5, epoch]).generate_state(1)[0]))
+    pin_memory = cfg.pin_memory and device.type == "cuda"
+    if ctx.distributed:  # the batches of the loader below, shared out: RandomSampler is what shuffle=True
+        # builds, and the loader draws its base seed from `generator` before the sampler draws its order.
+        batches = BatchSampler(RandomSampler(dataset, generator=generator), cfg.batch_size, drop_last=False)
+        return DataLoader(dataset, batch_sampler=distributed.RankShares(batches, ctx), generator=generator,
+                          num_workers=cfg.num_workers, pin_memory=pin_memory)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                      num_workers=cfg.num_workers, pin_memory=cfg.pin_memory and device.type == "cuda",
-                      drop_last=False)
+                      num_workers=cfg.num_workers, pin_memory=pin_memory, drop_last=False)
 
 
 def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int,
           device: torch.device, checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given."""
+          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None) -> TrainResult:
+    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given.
+    `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, every rank
+    returns the same history (sums over the ranks), and `result.model` is the unwrapped module."""
+    ctx = ctx or distributed.Context(device)
+    check_distributed(cfg, len(dataset), ctx)
+    if ctx.distributed and cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     use_amp = cfg.amp and device.type == "cuda"
@@ -66,25 +99,26 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
     if state is not None:
         result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
+    forward = distributed.wrap(model, ctx)
 
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         start = time.perf_counter()
         model.train()
         loss_sum, examples, correct, labelled = 0.0, 0, 0, 0
-        batches = tqdm(_loader(dataset, cfg, seed, epoch, device), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       leave=False, mininterval=5.0)
+        batches = tqdm(epoch_loader(dataset, cfg, seed, epoch, device, ctx), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       leave=False, mininterval=5.0, disable=not ctx.is_main)
         for images, labels in batches:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
+                logits = forward(images)
             loss = pixel_loss(logits, labels)
             total = loss.sum()
             if not torch.isfinite(total):
                 raise D2lflowError(f"epoch {epoch + 1}: the loss is not finite ({float(total)}); "
                                    "lower segmentation.train.lr (or turn off amp)")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
+            scaler.scale(distributed.global_sum(total, ctx)).backward()
             scaler.step(optimizer)
             scaler.update()
             with torch.no_grad():
@@ -93,6 +127,8 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
                 labelled += int(valid.sum())
             loss_sum += float(total.detach())
             examples += len(images)
+        loss_sum, examples, correct, labelled = distributed.all_sum([loss_sum, examples, correct, labelled], ctx)
+        examples = int(examples)
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "loss": loss_sum / examples,
                   "train_pixel_accuracy": correct / max(labelled, 1),
@@ -100,9 +136,11 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
         result.history.append(record)
         log.info("epoch %d: loss %.4f, train pixel accuracy %.3f, %.2f images/s", epoch + 1, record["loss"],
                  record["train_pixel_accuracy"], record["images_per_s"])
-        save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                     "history": result.history, "fingerprint": run_fingerprint, "run_id": run_id})
+        if ctx.is_main:
+            save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                         "history": result.history, "fingerprint": run_fingerprint,
+                                         "run_id": run_id})
         if on_epoch is not None:
             on_epoch(record)
     return result

@@ -13,12 +13,12 @@ import mlflow
 import torch
 
 from models.skipgram import SkipGram
-from tasks import tracking
+from tasks import distributed, tracking
 from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import DataError
 from tasks.params import Params
-from tasks.runtime import code_hash, fingerprint, hash_tree, load_checkpoint, seed_everything, select_device
+from tasks.runtime import code_hash, fingerprint, hash_tree, seed_everything
 from tasks.synthetic.ptb import write_synthetic_ptb
 from tasks.word2vec import evaluate as ev
 from tasks.word2vec import preprocess as pp
@@ -67,41 +67,50 @@ def _train_outputs(params: Params) -> dict[str, Path]:
 
 def train(params: Params) -> dict[str, Any]:
     """Train (resuming from the last checkpoint of the same inputs and params), then write the model,
-    the per-epoch history (DVC plot) and the train metrics."""
+    the per-epoch history (DVC plot) and the train metrics. With `distributed.*` asking for several
+    processes it runs under torchrun; rank 0 alone logs to MLflow and writes outputs and checkpoints."""
+    outputs = _train_outputs(params)
+    if (summary := distributed.launch(params, PIPELINE, "train", outputs["metrics"])) is not None:
+        return summary
     cfg = params.word2vec
     pre_dir = params.path(cfg.preprocess.out_dir)
     vocab = pp.load_vocab(pre_dir)
     samples, corpus = pp.load_samples(pre_dir / "train"), pp.load_corpus(pre_dir / "train_corpus")
-    device = select_device(params.device)
-    seed_everything(params.seed)
-    run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
-                                  cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                  hash_tree(pre_dir), code_hash(tr, SkipGram))
-    checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-    state = load_checkpoint(checkpoint, run_fingerprint)
-    outputs = _train_outputs(params)
-    with tracking.training_run(PIPELINE, params, str(device), outputs["run"], params.path(cfg.data.dir),
-                               resume_run_id=state.get("run_id") if state else None) as run:
-        def on_epoch(record: dict) -> None:
-            tracking.log_metrics({"train_loss": record["loss"], "center_words_per_s": record["center_words_per_s"],
-                                  "epoch_seconds": record["seconds"]}, step=record["epoch"])
+    with distributed.process_group(params) as ctx:
+        device = ctx.device
+        seed_everything(params.seed)
+        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
+                                      cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
+                                      ctx.world_size, hash_tree(pre_dir), code_hash(tr, SkipGram))
+        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
+        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
+        with distributed.main_only(ctx, tracking.training_run(
+                PIPELINE, params, str(device), outputs["run"], params.path(cfg.data.dir),
+                resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
+            def on_epoch(record: dict) -> None:
+                tracking.log_metrics({"train_loss": record["loss"],
+                                      "center_words_per_s": record["center_words_per_s"],
+                                      "epoch_seconds": record["seconds"]}, step=record["epoch"])
 
-        result = tr.train(samples, corpus, vocab.counts, len(vocab), cfg.train, cfg.preprocess, params.seed,
-                          device, checkpoint, run_fingerprint, state=state, run_id=run.info.run_id, on_epoch=on_epoch)
-        history = result.history
-        metrics = {
-            "final_epoch_loss": history[-1]["loss"],
-            "mean_epoch_loss": sum(h["loss"] for h in history) / len(history),
-            "center_words_per_s": sum(h["center_words_per_s"] for h in history) / len(history),
-            "epochs": len(history),
-            "resumed_from_epoch": result.resumed_from_epoch,
-        }
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "center_words_per_s"})
-        with atomic_path(outputs["model"]) as tmp:
-            torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
-        write_text(outputs["history"], "epoch,loss,center_words_per_s,seconds\n" + "".join(
-            f"{h['epoch']},{h['loss']:.6f},{h['center_words_per_s']:.1f},{h['seconds']:.3f}\n" for h in history))
-        write_json(outputs["metrics"], {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
+            result = tr.train(samples, corpus, vocab.counts, len(vocab), cfg.train, cfg.preprocess, params.seed,
+                              device, checkpoint, run_fingerprint, state=state,
+                              run_id=run.info.run_id if run else "", on_epoch=on_epoch if run else None, ctx=ctx)
+            history = result.history
+            metrics = {
+                "final_epoch_loss": history[-1]["loss"],
+                "mean_epoch_loss": sum(h["loss"] for h in history) / len(history),
+                "center_words_per_s": sum(h["center_words_per_s"] for h in history) / len(history),
+                "epochs": len(history),
+                "resumed_from_epoch": result.resumed_from_epoch,
+            }
+            if not ctx.is_main:
+                return {"rank": ctx.rank, "outputs": "written by rank 0"}
+            tracking.log_metrics({k: v for k, v in metrics.items() if k != "center_words_per_s"})
+            with atomic_path(outputs["model"]) as tmp:
+                torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
+            write_text(outputs["history"], "epoch,loss,center_words_per_s,seconds\n" + "".join(
+                f"{h['epoch']},{h['loss']:.6f},{h['center_words_per_s']:.1f},{h['seconds']:.3f}\n" for h in history))
+            write_json(outputs["metrics"], {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics
 
 

@@ -5,6 +5,11 @@ batch to its longest example, over half of it zeros), so a batch is a slice: no 
 DataLoader. The loss is the book's: per example the mean BCE over its real entries, summed over the
 batch. Each epoch's shuffle (and, optionally, its resampling of contexts and negatives) has its own
 seed, so a run resumed from a checkpoint ends with exactly the weights of an uninterrupted one.
+
+Under DDP (tasks/distributed.py) every rank walks the same shuffled order and takes its share of
+each global batch of `batch_size` centers; DDP averages the gradients over the ranks, and the loss
+(a sum over the batch) is scaled by the world size, so each step is the single-process step up to
+float summation order.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from models.skipgram import SkipGram
+from models.skipgram import PairLogits, SkipGram
+from tasks import distributed
 from tasks.errors import D2lflowError
 from tasks.params import Word2vecPreprocessParams, Word2vecTrainParams
 from tasks.runtime import save_checkpoint
@@ -97,7 +103,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def ragged_loss(model: SkipGram, part: Entries) -> torch.Tensor:
     """Sum over the centers of `part` of their masked mean BCE (the book's per-example loss)."""
-    logits = model.pair_logits(part.centers, part.words)
+    return pair_loss(model.pair_logits(part.centers, part.words), part)
+
+
+def pair_loss(logits: torch.Tensor, part: Entries) -> torch.Tensor:
+    """`ragged_loss` from the logits of `part`'s pairs (however they were computed)."""
     bce = F.binary_cross_entropy_with_logits(logits, part.labels, reduction="none")
     return (bce * part.weights).sum()
 
@@ -112,13 +122,16 @@ class TrainResult:
 def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int, cfg: Word2vecTrainParams,
           pre_cfg: Word2vecPreprocessParams, seed: int, device: torch.device, checkpoint: Path,
           run_fingerprint: str, state: dict | None = None, run_id: str = "",
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None) -> TrainResult:
     """Train for `cfg.epochs`, resuming from `state` (a checkpoint loaded by `load_checkpoint` for
     the same `run_fingerprint`) when given; a checkpoint is written to `checkpoint` after every epoch.
+    `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, and every
+    rank returns the same history (losses summed over the ranks).
 
     `samples` is the preprocess stage's draw (used for every epoch, as the book does, unless
     `cfg.resample_every_epoch`, where epoch e > 0 draws anew from `corpus` with its own seed).
     """
+    ctx = ctx or distributed.Context(device)
     torch.manual_seed(seed)
     model = SkipGram(vocab_size, cfg.embed_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
@@ -129,6 +142,8 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         result.history = list(state["history"])
         result.resumed_from_epoch = int(state["epoch"])
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
+    # DDP hooks the wrapped module's forward: the ragged form goes through PairLogits.forward.
+    pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
 
     entries = None
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
@@ -143,15 +158,17 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         progress = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                        leave=False, mininterval=2.0)
+                        leave=False, mininterval=2.0, disable=not ctx.is_main)
         for first in progress:
-            loss = ragged_loss(model, entries.select(order[first:first + cfg.batch_size]))
+            rows = order[first:first + cfg.batch_size]
+            part = entries.select(rows[distributed.shard(len(rows), ctx)] if ctx.distributed else rows)
+            loss = pair_loss(pair_logits(part.centers, part.words), part)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            distributed.global_sum(loss, ctx).backward()
             optimizer.step()
             loss_sum += loss.detach()
         examples = len(entries)
-        loss_sum = float(loss_sum)
+        loss_sum, = distributed.all_sum([float(loss_sum)], ctx)
         seconds = time.perf_counter() - start
         if not np.isfinite(loss_sum):
             raise D2lflowError(f"epoch {epoch + 1}: the loss is not finite ({loss_sum}); lower word2vec.train.lr")
@@ -159,9 +176,10 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
                   "center_words_per_s": examples / seconds}
         result.history.append(record)
         log.info("epoch %d: loss %.4f, %.0f center words/s", epoch + 1, record["loss"], record["center_words_per_s"])
-        save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "history": result.history,
-                                     "fingerprint": run_fingerprint, "run_id": run_id})
+        if ctx.is_main:
+            save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "history": result.history,
+                                         "fingerprint": run_fingerprint, "run_id": run_id})
         if on_epoch is not None:
             on_epoch(record)
     return result
