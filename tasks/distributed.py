@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import distributed as dist
 from torch import nn
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from tasks.atomic import read_json
 from tasks.errors import D2lflowError
@@ -246,6 +246,18 @@ class RankShares(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def shuffled_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, ctx: Context,
+                    **options: Any) -> DataLoader:
+    """`DataLoader(dataset, batch_size, shuffle=True, generator=generator, **options)` and, under DDP, this
+    rank's share of each of its batches: RandomSampler is what shuffle=True builds, and the loader draws
+    its base seed from `generator` before the sampler draws its order, so the ranks' shares put together
+    are exactly the single-process batches."""
+    if not ctx.distributed:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, **options)
+    batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
+    return DataLoader(dataset, batch_sampler=RankShares(batches, ctx), generator=generator, **options)
 
 
 def all_sum(values: Sequence[float], ctx: Context) -> list[float]:

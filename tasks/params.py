@@ -233,7 +233,7 @@ class DetectionEvaluateParams(Section):
     score_thresh: float = Field(0.05, ge=0, le=1)
     nms_thresh: float = Field(0.5, gt=0, le=1)
     detections_per_image: int = Field(100, ge=1)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(1, ge=1)  # >1 pads a batch's images to one size: predictions depend on the batch
     figure_images: int = Field(4, ge=0)
     figure_score_thresh: float = Field(0.3, ge=0, le=1)  # boxes drawn on the MLflow figure
     out_dir: str = "artifacts/detection/evaluate"

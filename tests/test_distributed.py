@@ -70,6 +70,25 @@ def test_the_ranks_segmentation_batches_are_the_single_process_batches_split(epo
     assert [len(b) for b in shares[0]] == [2, 2, 2] and [len(b) for b in shares[1]] == [2, 2, 1]
 
 
+@pytest.mark.parametrize("epoch", [0, 2])
+def test_the_ranks_detection_batches_are_the_single_process_batches_split(epoch: int):
+    from tasks.detection import train as detection_train
+    from tasks.params import DetectionTrainParams
+
+    def ids(loader) -> list[list[int]]:
+        return [[int(t["image_id"]) for t in targets] for _, targets in loader]
+
+    class Boxes(_Indices):  # DetectionDataset's items: (image, target dict)
+        def __getitem__(self, index: int):
+            return torch.zeros(1), {"image_id": torch.tensor(index)}
+
+    cfg = DetectionTrainParams(batch_size=4)
+    single = ids(detection_train.epoch_loader(Boxes(), cfg, 0, epoch, Context(CPU)))
+    shares = [ids(detection_train.epoch_loader(Boxes(), cfg, 0, epoch, Context(CPU, rank, rank, 2))) for rank in (0, 1)]
+    assert [a + b for a, b in zip(*shares)] == single
+    assert sorted(sum(single, [])) == list(range(11)) and [len(b) for b in shares[1]] == [2, 2, 1]
+
+
 def test_segmentation_refuses_a_batch_a_rank_would_get_nothing_of():
     two = Context(CPU, 0, 0, 2)
     check_distributed(SegmentationTrainParams(batch_size=4), 10, two)  # batches 4, 4, 2

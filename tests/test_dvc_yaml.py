@@ -31,7 +31,7 @@ def test_declared_params_and_source_deps_exist(stage: str) -> None:
     params = load_params(REPO / "params.yaml").model_dump()
     keys = set(flatten(params))
     for key in STAGES[stage].get("params", []):
-        assert key in params or any(k.startswith(f"{key}.") for k in keys), f"{stage}: no params key {key}"
+        assert key in keys or any(k.startswith(f"{key}.") for k in keys), f"{stage}: no params key {key}"
     for dep in STAGES[stage].get("deps", []):
         if dep.endswith(".py"):
             assert (REPO / dep).is_file(), f"{stage}: dependency {dep} does not exist"

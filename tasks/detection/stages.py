@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.detection import build_detector, build_from_config
-from tasks import tracking
+from tasks import distributed, tracking
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.detection import train as tr
 from tasks.detection.ap import Detections, GroundTruth, coco_map, voc_ap
@@ -25,7 +25,6 @@ from tasks.runtime import (
     figure_png,
     fingerprint,
     hash_tree,
-    load_checkpoint,
     seed_everything,
     select_device,
 )
@@ -59,39 +58,50 @@ def _model(params: Params, weights: str) -> torch.nn.Module:
 
 
 def train(params: Params) -> dict[str, Any]:
-    """Train Faster R-CNN (resuming from a matching checkpoint); write weights, history, train metrics."""
+    """Train Faster R-CNN (resuming from a matching checkpoint); write weights, history, train metrics.
+    With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
+    MLflow and writes outputs and checkpoints."""
+    out = _outputs(params)
+    if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
+        return summary
     cfg = params.detection
     pre_dir = params.path(cfg.preprocess.out_dir)
-    device = select_device(params.device)
-    seed_everything(params.seed)
-    transform = TrainTransform(flip_prob=cfg.train.flip_prob,
-                               crop_size=tuple(cfg.train.crop_size) if cfg.train.crop_size else None)
-    dataset = DetectionDataset(pre_dir / "train", params.path(cfg.preprocess.data_dir), transform, params.seed)
-    run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers"}),
-                                  params.seed, device.type, hash_tree(pre_dir), code_hash(tr, build_detector))
-    checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-    state = load_checkpoint(checkpoint, run_fingerprint)
-    model = _model(params, cfg.train.weights)
-    out = _outputs(params)
-    with tracking.training_run(PIPELINE, params, str(device), out["run"], params.path(cfg.preprocess.data_dir),
-                               resume_run_id=state.get("run_id") if state else None) as run:
-        def on_epoch(record: dict) -> None:
-            tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    with distributed.process_group(params) as ctx:
+        device = ctx.device
+        seed_everything(params.seed)
+        transform = TrainTransform(flip_prob=cfg.train.flip_prob,
+                                   crop_size=tuple(cfg.train.crop_size) if cfg.train.crop_size else None)
+        dataset = DetectionDataset(pre_dir / "train", params.path(cfg.preprocess.data_dir), transform, params.seed)
+        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers"}),
+                                      params.seed, device.type, ctx.world_size, hash_tree(pre_dir),
+                                      code_hash(tr, build_detector))
+        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
+        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
+        model = _model(params, cfg.train.weights)
+        with distributed.main_only(ctx, tracking.training_run(
+                PIPELINE, params, str(device), out["run"], params.path(cfg.preprocess.data_dir),
+                resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
+            def on_epoch(record: dict) -> None:
+                tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
 
-        result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint, state=state,
-                          run_id=run.info.run_id, on_epoch=on_epoch)
-        history = result.history
-        metrics = {"final_epoch_loss": history[-1]["loss"], **{k: history[-1][k] for k in tr.LOSSES},
-                   "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-                   "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
-                   "train_images": len(dataset)}
-        with atomic_path(out["model"]) as tmp:
-            torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
-        columns = ["epoch", "loss", *tr.LOSSES, "images_per_s"]
-        write_text(out["history"], ",".join(columns) + "\n" + "".join(
-            ",".join(f"{h[c]:.6f}" if isinstance(h[c], float) else str(h[c]) for c in columns) + "\n"
-            for h in history))
-        write_json(out["train_metrics"], {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
+            result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint,
+                              state=state, run_id=run.info.run_id if run else "",
+                              on_epoch=on_epoch if run else None, ctx=ctx)
+            history = result.history
+            metrics = {"final_epoch_loss": history[-1]["loss"], **{k: history[-1][k] for k in tr.LOSSES},
+                       "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+                       "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
+                       "train_images": len(dataset)}
+            if not ctx.is_main:
+                return {"rank": ctx.rank, "outputs": "written by rank 0"}
+            with atomic_path(out["model"]) as tmp:
+                torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
+            columns = ["epoch", "loss", *tr.LOSSES, "images_per_s"]
+            write_text(out["history"], ",".join(columns) + "\n" + "".join(
+                ",".join(f"{h[c]:.6f}" if isinstance(h[c], float) else str(h[c]) for c in columns) + "\n"
+                for h in history))
+            write_json(out["train_metrics"],
+                       {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics
 
 
@@ -108,7 +118,7 @@ def load_model(params: Params, device: torch.device) -> torch.nn.Module:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, dataset: DetectionDataset, device: torch.device,
-            batch_size: int = 4) -> tuple[Detections, GroundTruth, list]:
+            batch_size: int = 1) -> tuple[Detections, GroundTruth, list]:
     """Predictions and ground truth of a split as AP inputs, plus per image (image, predicted, true)."""
     det_rows: list[tuple] = []
     gt_rows: list[tuple] = []

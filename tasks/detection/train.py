@@ -1,6 +1,11 @@
 """Faster R-CNN training in the manner of torchvision's `references/detection/engine.py`: SGD with a
 linear warm-up in the first epoch, optional AMP and gradient clipping, the four losses logged
-separately, a non-finite loss stops the stage with the loss dict; a checkpoint every epoch."""
+separately, a non-finite loss stops the stage with the loss dict; a checkpoint every epoch.
+
+Under DDP (tasks/distributed.py) every rank draws the same shuffled global batches of `batch_size`
+images and loads only its share; torchvision's losses are means over the share's sampled anchors and
+RoIs, and DDP averages the gradients over the ranks, so with equal shares a step is the single-process
+step up to float summation order (from-scratch backbones keep per-rank BatchNorm statistics)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from tasks import distributed
 from tasks.detection.data import DetectionDataset, collate
 from tasks.errors import D2lflowError
 from tasks.params import DetectionTrainParams
@@ -32,10 +38,23 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
+def epoch_loader(dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int, epoch: int,
+                 ctx: distributed.Context) -> DataLoader:
+    """The epoch's shuffled batches (this rank's shares under DDP), seeded by (seed, epoch) so a resumed
+    run replays exactly the batches the interrupted one would have seen."""
+    dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 7, epoch]).generate_state(1)[0]))
+    return distributed.shuffled_loader(dataset, cfg.batch_size, generator, ctx, num_workers=cfg.num_workers,
+                                       collate_fn=collate)
+
+
 def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int, device: torch.device,
           checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given."""
+          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None) -> TrainResult:
+    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given.
+    `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, and every
+    rank returns the same history (means over the ranks)."""
+    ctx = ctx or distributed.Context(device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -45,12 +64,10 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
     if state is not None:
         result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
+    forward = distributed.wrap(model, ctx)
 
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
-        dataset.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 7, epoch]).generate_state(1)[0]))
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                            num_workers=cfg.num_workers, collate_fn=collate)
+        loader = epoch_loader(dataset, cfg, seed, epoch, ctx)
         warmup = None
         if epoch == 0 and cfg.warmup_iters > 0:
             iters = min(cfg.warmup_iters, len(loader))
@@ -59,11 +76,12 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
         start = time.perf_counter()
         sums = dict.fromkeys(LOSSES, 0.0)
         steps, images_seen = 0, 0
-        for images, targets in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=5.0):
+        for images, targets in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=5.0,
+                                    disable=not ctx.is_main):
             images = [image.to(device) for image in images]
             targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                losses = model(images, targets)
+                losses = forward(images, targets)
             total = sum(losses.values())
             values = {name: float(value.detach()) for name, value in losses.items()}
             if not math.isfinite(sum(values.values())):
@@ -82,15 +100,19 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
                 sums[name] += values[name]
             steps += 1
             images_seen += len(images)
+        *totals, steps, images_seen = distributed.all_sum([*(sums[name] for name in LOSSES), steps, images_seen], ctx)
+        sums = dict(zip(LOSSES, totals))
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, **{name: sums[name] / steps for name in LOSSES},
                   "loss": sum(sums.values()) / steps, "images_per_s": images_seen / seconds}
         result.history.append(record)
         log.info("epoch %d: loss %.4f (%s), %.2f images/s", epoch + 1, record["loss"],
                  ", ".join(f"{n} {record[n]:.3f}" for n in LOSSES), record["images_per_s"])
-        save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                     "history": result.history, "fingerprint": run_fingerprint, "run_id": run_id})
+        if ctx.is_main:
+            save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                         "history": result.history, "fingerprint": run_fingerprint,
+                                         "run_id": run_id})
         if on_epoch is not None:
             on_epoch(record)
     return result

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tasks import distributed
@@ -66,17 +66,11 @@ def check_distributed(cfg: SegmentationTrainParams, images: int, ctx: distribute
 
 
 def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int, epoch: int,
-            device: torch.device, ctx: distributed.Context) -> DataLoader:
+                 device: torch.device, ctx: distributed.Context) -> DataLoader:
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 5, epoch]).generate_state(1)[0]))
-    pin_memory = cfg.pin_memory and device.type == "cuda"
-    if ctx.distributed:  # the batches of the loader below, shared out: RandomSampler is what shuffle=True
-        # builds, and the loader draws its base seed from `generator` before the sampler draws its order.
-        batches = BatchSampler(RandomSampler(dataset, generator=generator), cfg.batch_size, drop_last=False)
-        return DataLoader(dataset, batch_sampler=distributed.RankShares(batches, ctx), generator=generator,
-                          num_workers=cfg.num_workers, pin_memory=pin_memory)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                      num_workers=cfg.num_workers, pin_memory=pin_memory, drop_last=False)
+    return distributed.shuffled_loader(dataset, cfg.batch_size, generator, ctx, num_workers=cfg.num_workers,
+                                       pin_memory=cfg.pin_memory and device.type == "cuda")
 
 
 def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int,
