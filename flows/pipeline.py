@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from tasks.errors import D2lflowError
 from tasks.params import load_params
 
 
-def stage_environment() -> dict[str, str]:
-    """The environment DVC stage commands run in: this interpreter's `python` first on PATH."""
+def stage_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment DVC stage commands run in: this interpreter's `python` first on PATH, plus
+    `extra` variables (e.g. a reproduction's own MLflow store)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra or {})
     return env
 
 
@@ -39,9 +42,10 @@ def dvc_stages(root: Path, pipeline: str) -> list[str]:
     return found
 
 
-def run_dvc(root: Path, *args: str) -> str:
-    """Run a DVC command; a failure raises with DVC's own output (the last 60 lines)."""
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=stage_environment(),
+def run_dvc(root: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """Run a DVC command (in `env`, default `stage_environment()`); a failure raises with DVC's own
+    output (the last 60 lines)."""
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=dict(env or stage_environment()),
                           capture_output=True, text=True)
     output = (done.stdout + done.stderr).strip()
     if done.returncode != 0:

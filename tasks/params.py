@@ -219,6 +219,22 @@ class DetectionParams(Section):
     )
 
 
+class ToleranceParams(Section):
+    """A reproduced metric matches when |reproduced - recorded| <= atol + rtol * |recorded|."""
+
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+
+
+class ReproduceParams(Section):
+    """How `python -m flows.reproduce` judges a rebuilt model against the recorded one."""
+
+    cpu: ToleranceParams = ToleranceParams(atol=0.0, rtol=0.0)  # deterministic kernels: exact
+    cuda: ToleranceParams = ToleranceParams(atol=1e-4, rtol=1e-3)  # atomics in some CUDA backward kernels
+    speed_metrics: list[str] = ["*_per_s", "*seconds*"]  # fnmatch patterns: listed, never compared
+    volatile_outputs: list[str] = ["*/run.json"]  # outputs whose bytes differ by design (an MLflow run id)
+
+
 class Params(Section):
     seed: int = 0
     device: str = "auto"
@@ -227,6 +243,7 @@ class Params(Section):
     word2vec: Word2vecParams = Word2vecParams()
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
+    reproduce: ReproduceParams = ReproduceParams()
 
     @field_validator("device")
     @classmethod
