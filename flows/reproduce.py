@@ -222,6 +222,18 @@ def user_cache(root: Path) -> Path:
     return Path(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else root / ".dvc" / "cache"
 
 
+def data_in_sync(worktree: Path) -> bool:
+    """data/ exists and hashes to what data.dvc pins (`dvc checkout` exits 0 even when the cache
+    lacks the version: it only warns)."""
+    if not (worktree / "data").is_dir():
+        return False
+    done = _dvc(worktree, "status", "--json", "data.dvc")
+    try:
+        return done.returncode == 0 and json.loads(done.stdout or "{}") == {}
+    except ValueError:
+        return False
+
+
 def restore_data(worktree: Path, root: Path, md5: str) -> str:
     """Install the data version `md5` in the worktree: from the user's DVC cache, the commit's DVC
     remote, else re-acquired with the commit's own code and verified. Returns how; refuses when none
@@ -230,18 +242,18 @@ def restore_data(worktree: Path, root: Path, md5: str) -> str:
     tried = []
     cache = user_cache(root)
     _dvc(worktree, "cache", "dir", "--local", str(cache))
-    done = _dvc(worktree, "checkout", "data.dvc")
-    if done.returncode == 0:
+    if _dvc(worktree, "checkout", "data.dvc").returncode == 0 and data_in_sync(worktree):
         return f"DVC cache {cache}"
     tried.append(f"the DVC cache {cache} does not have it")
     remotes = _dvc(worktree, "remote", "list")
     if remotes.returncode == 0 and remotes.stdout.strip():
         done = _dvc(worktree, "pull", "data.dvc")
-        if done.returncode == 0:
+        if done.returncode == 0 and data_in_sync(worktree):
             return "DVC remote"
         tried.append(f"`dvc pull` failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
     else:
         tried.append("no DVC remote is configured")
+    shutil.rmtree(worktree / "data", ignore_errors=True)  # nothing half-restored mixes into the acquired data
     done = subprocess.run([sys.executable, "-m", "flows.cli", "acquire"], cwd=worktree,
                           env=worktree_environment(worktree), capture_output=True, text=True)
     if done.returncode != 0:
