@@ -46,6 +46,8 @@ from tasks.params import Params, ReproduceParams, ToleranceParams, flatten, load
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+# `d2lflow acquire` of the worktree's own code (flows.cli has no `__main__` block in older commits).
+ACQUIRE = "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"
 TAG = tracking.TAG
 
 
@@ -254,13 +256,13 @@ def restore_data(worktree: Path, root: Path, md5: str) -> str:
     else:
         tried.append("no DVC remote is configured")
     shutil.rmtree(worktree / "data", ignore_errors=True)  # nothing half-restored mixes into the acquired data
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "acquire"], cwd=worktree,
-                          env=worktree_environment(worktree), capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", ACQUIRE, "acquire"], cwd=worktree, env=worktree_environment(worktree),
+                          capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
         raise D2lflowError(f"cannot restore data {md5}: {'; '.join(tried)}; re-acquiring with the commit's code "
                            f"failed:\n{tail}")
-    acquired = lineage.data_hash(worktree)
+    acquired = lineage.data_hash(worktree) if data_in_sync(worktree) else "no data/ matching its data.dvc"
     if acquired != md5:
         raise D2lflowError(f"cannot restore data {md5}: {'; '.join(tried)}; re-acquiring from the sources in the "
                            f"commit's params.yaml gave data {acquired}, not the recorded {md5}. Restore the data "
@@ -382,13 +384,14 @@ def reproduced_metrics(worktree: Path, stages: list[str]) -> dict[str, Any]:
     return metrics
 
 
-def _reproduced_device(worktree: Path, pipeline: str, params: Params) -> str:
-    run_file = worktree / getattr(params, pipeline).train.out_dir / "run.json"
+def _reproduced_device(worktree: Path, pipeline: str) -> str:
+    """The device the reproduction trained on, from its run in the worktree's throwaway store."""
     try:
-        run_id = json.loads(run_file.read_text())["run_id"]
+        raw = yaml.safe_load((worktree / "params.yaml").read_text()) or {}
+        run_id = json.loads((worktree / raw[pipeline]["train"]["out_dir"] / "run.json").read_text())["run_id"]
         client = MlflowClient(tracking_uri=worktree_environment(worktree)["MLFLOW_TRACKING_URI"])
         return client.get_run(run_id).data.tags.get(f"{TAG}device", "")
-    except (OSError, KeyError, ValueError, MlflowException):
+    except (OSError, KeyError, TypeError, ValueError, MlflowException):
         return ""
 
 
@@ -418,7 +421,7 @@ def reproduce(target: Target, root: Path, params: Params, keep_worktree: bool = 
         locked = lineage.locked_outs(lineage.lock_stages(worktree), f"{target.pipeline}_")
         outs = {path: md5 for stage in stages for path, md5 in locked.get(stage, {}).items()}
         reported = set(_dvc_yaml_files(worktree, stages, "metrics") + _dvc_yaml_files(worktree, stages, "plots"))
-        device = _reproduced_device(worktree, target.pipeline, params)
+        device = _reproduced_device(worktree, target.pipeline)
         current_params = _worktree_params(worktree, target.pipeline)
     tol = tolerance_for(cfg, target.device, device)
     metric_rows = compare_metrics(target.recorded_metrics, metrics, tol, cfg.speed_metrics)

@@ -4,6 +4,7 @@ temporary worktree's cleanup, and the metric/output comparisons with their toler
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -110,7 +111,9 @@ def test_target_from_rev_reads_data_dvc_and_the_pipelines_locked_outputs(repo: P
         target_from_rev(repo, "no-such-branch", "word2vec")
 
 
-def test_temporary_worktree_checks_out_the_commit_and_is_removed_even_on_failure(repo: Path) -> None:
+def test_temporary_worktree_checks_out_the_commit_and_is_removed_even_on_failure(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     seen = []
     with pytest.raises(RuntimeError):
         with temporary_worktree(repo, head(repo)) as path:
@@ -122,7 +125,7 @@ def test_temporary_worktree_checks_out_the_commit_and_is_removed_even_on_failure
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     with temporary_worktree(repo, head(repo), keep=True) as kept:
         pass
-    assert kept.is_dir()
+    assert kept.is_dir() and kept.parent.parent == tmp_path
     subprocess.run(["git", "worktree", "remove", "--force", str(kept)], cwd=repo, check=True)
 
 
