@@ -20,7 +20,6 @@ import fnmatch
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -475,5 +474,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     sys.exit(main())
