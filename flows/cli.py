@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.cli import PIPELINES, acquire_all, quiet_environment, setup_logging
+from tasks.cli import PIPELINES, acquire_and_version, quiet_environment, setup_logging
 from tasks.errors import D2lflowError
 from tasks.params import load_params, set_params
 
@@ -45,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root).resolve()
     try:
         if args.command == "acquire":
-            from tasks.acquire import dvc_add
-
-            summary = acquire_all(load_params(root / "params.yaml"))
-            dvc_add(root, "data")
+            summary = acquire_and_version(root)
         else:
             if args.overrides:
                 set_params(root / "params.yaml", args.overrides)
@@ -69,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_without_prefect(pipeline: str, root: Path, acquire: bool) -> dict:
     from flows.pipeline import dvc_stages, run_dvc, summary_markdown
-    from tasks.acquire import dvc_add
+    from tasks.dvc_repo import repo_lock
 
-    if acquire:
-        acquire_all(load_params(root / "params.yaml"))
-        dvc_add(root, "data")
-    for stage in dvc_stages(root, pipeline):
-        print(run_dvc(root, "repro", "--single-item", stage), file=sys.stderr)
+    with repo_lock(root, f"d2lflow run {pipeline} --no-prefect"):
+        if acquire:
+            acquire_and_version(root)
+        for stage in dvc_stages(root, pipeline):
+            print(run_dvc(root, "repro", "--single-item", stage), file=sys.stderr)
     return summary_markdown(pipeline, root)[1]
 
 

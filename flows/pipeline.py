@@ -6,10 +6,7 @@ instead of re-implementing the DAG, so a flow run and a manual `dvc repro` write
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +14,13 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.acquire import dvc_add
 from tasks.atomic import read_json
-from tasks.cli import acquire_all, quiet_environment
+from tasks.cli import acquire_and_version, quiet_environment
+from tasks.dvc_repo import repo_lock, run_dvc, stage_environment
 from tasks.errors import D2lflowError
 from tasks.params import load_params
 
-
-def stage_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment DVC stage commands run in: this interpreter's `python` first on PATH, plus
-    `extra` variables (e.g. a reproduction's own MLflow store)."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(extra or {})
-    return env
+__all__ = ["dvc_stages", "pipeline_flow", "run_dvc", "run_stages", "stage_environment", "summary_markdown"]
 
 
 def dvc_stages(root: Path, pipeline: str) -> list[str]:
@@ -42,24 +32,11 @@ def dvc_stages(root: Path, pipeline: str) -> list[str]:
     return found
 
 
-def run_dvc(root: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
-    """Run a DVC command (in `env`, default `stage_environment()`); a failure raises with DVC's own
-    output (the last 60 lines)."""
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=dict(env or stage_environment()),
-                          capture_output=True, text=True)
-    output = (done.stdout + done.stderr).strip()
-    if done.returncode != 0:
-        tail = "\n".join(output.splitlines()[-60:])
-        raise D2lflowError(f"`dvc {' '.join(args)}` failed (exit {done.returncode}) in {root}:\n{tail}")
-    return output
-
-
 @task(name="acquire", retries=3, retry_delay_seconds=[5, 30, 120])
 def acquire_task(root: str) -> dict[str, Any]:
     """Acquire the raw data of every pipeline (downloads are retried: the mirror may be flaky) and
     version data/ with DVC."""
-    summary = acquire_all(load_params(Path(root) / "params.yaml"))
-    dvc_add(Path(root), "data")
+    summary = acquire_and_version(Path(root))
     for pipeline, acquired in summary.items():
         get_run_logger().info("acquired %s data from %s", pipeline, acquired.get("source"))
     return summary
@@ -73,6 +50,12 @@ def dvc_stage_task(stage: str, root: str) -> str:
     for line in output.splitlines()[-20:]:
         logger.info("%s", line)
     return output
+
+
+def run_stages(repo: Path, pipeline: str) -> None:
+    """Every DVC stage of `pipeline`, each as its own Prefect task, in dvc.yaml order."""
+    for stage in dvc_stages(repo, pipeline):
+        dvc_stage_task.with_options(name=f"dvc repro {stage}")(stage, str(repo))
 
 
 def summary_markdown(pipeline: str, root: Path) -> tuple[str, dict[str, Any]]:
@@ -101,10 +84,10 @@ def pipeline_flow(pipeline: str = "word2vec", root: str = ".", acquire: bool = T
     """Acquire → every DVC stage of `pipeline` → a markdown artifact with the metrics and the model version."""
     quiet_environment()
     repo = Path(root).resolve()
-    if acquire:
-        acquire_task(str(repo))
-    for stage in dvc_stages(repo, pipeline):
-        dvc_stage_task.with_options(name=f"dvc repro {stage}")(stage, str(repo))
+    with repo_lock(repo, f"d2lflow run {pipeline}"):
+        if acquire:
+            acquire_task(str(repo))
+        run_stages(repo, pipeline)
     text, summary = summary_markdown(pipeline, repo)
     create_markdown_artifact(markdown=text, key=f"{pipeline}-summary", description=f"{pipeline} run summary")
     get_run_logger().info("%s", text.splitlines()[0])

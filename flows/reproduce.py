@@ -36,9 +36,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from flows.pipeline import dvc_stages, run_dvc, stage_environment
+from flows.pipeline import dvc_stages
 from tasks import lineage, tracking
 from tasks.cli import PIPELINES, quiet_environment, setup_logging
+from tasks.dvc_repo import remotes, run_dvc, stage_environment
 from tasks.errors import D2lflowError
 from tasks.params import Params, ReproduceParams, ToleranceParams, flatten, load_params
 
@@ -198,16 +199,23 @@ def temporary_worktree(root: Path, commit: str, keep: bool = False) -> Iterator[
             _git(root, "worktree", "prune")
 
 
-def worktree_environment(worktree: Path) -> dict[str, str]:
+def worktree_variables(worktree: Path) -> dict[str, str]:
     """Stage commands in the worktree import its code and log to a throwaway MLflow store inside it."""
     store = f"sqlite:///{worktree / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "PYTHONPATH": str(worktree)}
-    return {key: value for key, value in stage_environment(env).items() if not key.startswith("DVC_EXP")}
+    return {"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "PYTHONPATH": str(worktree)}
 
 
-def _dvc(worktree: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=worktree, env=worktree_environment(worktree),
-                          capture_output=True, text=True)
+def worktree_dvc(worktree: Path, *args: str) -> str:
+    """A DVC command in the worktree. No repository lock: the worktree is this process's alone."""
+    return run_dvc(worktree, *args, lock=False, env=worktree_variables(worktree))
+
+
+def succeeds(worktree: Path, *args: str) -> bool:
+    try:
+        worktree_dvc(worktree, *args)
+    except D2lflowError:
+        return False
+    return True
 
 
 def pin_data(worktree: Path, md5: str) -> None:
@@ -219,8 +227,10 @@ def pin_data(worktree: Path, md5: str) -> None:
 
 def user_cache(root: Path) -> Path:
     """The DVC cache directory of the user's repository."""
-    done = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=root, capture_output=True, text=True)
-    return Path(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else root / ".dvc" / "cache"
+    try:
+        return Path(run_dvc(root, "cache", "dir", lock=False).splitlines()[-1].strip())
+    except (D2lflowError, IndexError):
+        return root / ".dvc" / "cache"
 
 
 def data_in_sync(worktree: Path) -> bool:
@@ -228,10 +238,9 @@ def data_in_sync(worktree: Path) -> bool:
     lacks the version: it only warns)."""
     if not (worktree / "data").is_dir():
         return False
-    done = _dvc(worktree, "status", "--json", "data.dvc")
     try:
-        return done.returncode == 0 and json.loads(done.stdout or "{}") == {}
-    except ValueError:
+        return json.loads(worktree_dvc(worktree, "status", "--json", "data.dvc") or "{}") == {}
+    except (D2lflowError, ValueError):
         return False
 
 
@@ -242,21 +251,24 @@ def restore_data(worktree: Path, root: Path, md5: str) -> str:
     pin_data(worktree, md5)
     tried = []
     cache = user_cache(root)
-    _dvc(worktree, "cache", "dir", "--local", str(cache))
-    if _dvc(worktree, "checkout", "data.dvc").returncode == 0 and data_in_sync(worktree):
+    worktree_dvc(worktree, "cache", "dir", "--local", str(cache))
+    if succeeds(worktree, "checkout", "data.dvc") and data_in_sync(worktree):
         return f"DVC cache {cache}"
     tried.append(f"the DVC cache {cache} does not have it")
-    remotes = _dvc(worktree, "remote", "list")
-    if remotes.returncode == 0 and remotes.stdout.strip():
-        done = _dvc(worktree, "pull", "data.dvc")
-        if done.returncode == 0 and data_in_sync(worktree):
-            return "DVC remote"
-        tried.append(f"`dvc pull` failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    if remotes(worktree):
+        try:
+            worktree_dvc(worktree, "pull", "data.dvc")
+        except D2lflowError as error:
+            tried.append(f"`dvc pull` failed ({str(error).splitlines()[-1]})")
+        else:
+            if data_in_sync(worktree):
+                return "DVC remote"
+            tried.append("`dvc pull` did not restore it")
     else:
         tried.append("no DVC remote is configured")
     shutil.rmtree(worktree / "data", ignore_errors=True)  # nothing half-restored mixes into the acquired data
-    done = subprocess.run([sys.executable, "-c", ACQUIRE, "acquire"], cwd=worktree, env=worktree_environment(worktree),
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", ACQUIRE, "acquire"], cwd=worktree,
+                          env=stage_environment(worktree_variables(worktree)), capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
         raise D2lflowError(f"cannot restore data {md5}: {'; '.join(tried)}; re-acquiring with the commit's code "
@@ -388,7 +400,7 @@ def _reproduced_device(worktree: Path, pipeline: str) -> str:
     try:
         raw = yaml.safe_load((worktree / "params.yaml").read_text()) or {}
         run_id = json.loads((worktree / raw[pipeline]["train"]["out_dir"] / "run.json").read_text())["run_id"]
-        client = MlflowClient(tracking_uri=worktree_environment(worktree)["MLFLOW_TRACKING_URI"])
+        client = MlflowClient(tracking_uri=worktree_variables(worktree)["MLFLOW_TRACKING_URI"])
         return client.get_run(run_id).data.tags.get(f"{TAG}device", "")
     except (OSError, KeyError, TypeError, ValueError, MlflowException):
         return ""
@@ -415,7 +427,7 @@ def reproduce(target: Target, root: Path, params: Params, keep_worktree: bool = 
         log.info("data %s restored from %s", target.data_md5, restored)
         stages = [stage for stage in dvc_stages(worktree, target.pipeline) if not stage.endswith("_register")]
         log.info("reproducing %s in %s (dvc repro --force --no-run-cache %s)", target.label, worktree, stages[-1])
-        run_dvc(worktree, "repro", "--force", "--no-run-cache", stages[-1], env=worktree_environment(worktree))
+        worktree_dvc(worktree, "repro", "--force", "--no-run-cache", stages[-1])
         metrics = reproduced_metrics(worktree, stages)
         locked = lineage.locked_outs(lineage.lock_stages(worktree), f"{target.pipeline}_")
         outs = {path: md5 for stage in stages for path, md5 in locked.get(stage, {}).items()}

@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from tasks.download import fetch, safe_extract
+from tasks.dvc_repo import run_dvc
 from tasks.errors import D2lflowError, DataError
 from tasks.params import DataSourceParams, Params
 
@@ -95,7 +94,4 @@ def dvc_add(root: Path, path: str = "data") -> None:
     if not (root / ".dvc").is_dir():
         log.warning("%s is not a DVC repository; %s is not versioned", root, path)
         return
-    done = subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", path], cwd=root,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise D2lflowError(f"`dvc add {path}` failed in {root}:\n{done.stderr.strip() or done.stdout.strip()}")
+    run_dvc(root, "add", "--quiet", path)

@@ -10,12 +10,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, get_args
 
 from tasks.errors import D2lflowError
-from tasks.params import DEFAULT_PARAMS, Params, load_params
+from tasks.params import DEFAULT_PARAMS, Params, Pipeline, load_params
 
-PIPELINES = ("word2vec", "segmentation", "detection")
+PIPELINES: tuple[str, ...] = get_args(Pipeline)
 
 
 def stages(pipeline: str) -> dict[str, Callable[[Params], dict[str, Any]]]:
@@ -27,6 +29,18 @@ def acquire_all(params: Params) -> dict[str, Any]:
     """Acquire the data of every pipeline, each from its configured source: data.dvc versions all of
     data/, so it must not depend on which pipeline happened to run first."""
     return {pipeline: stages(pipeline)["acquire"](params) for pipeline in PIPELINES}
+
+
+def acquire_and_version(root: Path) -> dict[str, Any]:
+    """Acquire every pipeline's data and version it (`dvc add data`) under the repository lock, so no
+    DVC stage of another run reads data/ while it is being replaced."""
+    from tasks.acquire import dvc_add
+    from tasks.dvc_repo import repo_lock
+
+    with repo_lock(root, "acquiring data/") if (root / ".dvc").is_dir() else nullcontext():
+        summary = acquire_all(load_params(root / "params.yaml"))
+        dvc_add(root, "data")
+    return summary
 
 
 def quiet_environment() -> None:

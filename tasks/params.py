@@ -6,7 +6,9 @@ Relative paths in params are relative to the directory of the params file (the r
 
 from __future__ import annotations
 
+import datetime
 import warnings
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from tasks.errors import ParamsError
 
 DEFAULT_PARAMS = Path("params.yaml")
+Pipeline = Literal["word2vec", "segmentation", "detection"]
 
 
 class Section(BaseModel):
@@ -235,6 +238,47 @@ class ReproduceParams(Section):
     volatile_outputs: list[str] = ["*/run.json"]  # outputs whose bytes differ by design (an MLflow run id)
 
 
+class DvcParams(Section):
+    """How our DVC commands share a repository with each other and with a manual `dvc` run."""
+
+    # How long a DVC command of ours waits for the repository: first for d2lflow's own lock (another
+    # flow run or `d2lflow run`), then for DVC's lock (a manual `dvc repro`); then it fails clearly.
+    lock_timeout_seconds: float = Field(1800, ge=0)
+
+
+class ScheduleParams(Section):
+    """Scheduled retraining (flows/retrain.py, flows/serve.py, prefect.yaml)."""
+
+    cron: str = "0 3 * * *"  # five fields: minute hour day-of-month month day-of-week
+    timezone: str = "UTC"  # IANA name the cron is read in
+    pipelines: list[Pipeline] = Field(["word2vec"], min_length=1)
+    data: Literal["acquire", "pull"] = "acquire"  # acquire from each *.data.source, or `dvc pull` from the remote
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from cronsim import CronSim, CronSimError
+
+        fields = value.split()
+        if len(fields) != 5:
+            raise ValueError(f"expected five cron fields (minute hour day-of-month month day-of-week), "
+                             f"found {len(fields)}")
+        try:
+            CronSim(value, datetime.datetime(2000, 1, 1))
+        except CronSimError as error:
+            raise ValueError(f"not a valid cron expression: {error}") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone name (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+
 class Params(Section):
     seed: int = 0
     device: str = "auto"
@@ -244,6 +288,8 @@ class Params(Section):
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
     reproduce: ReproduceParams = ReproduceParams()
+    dvc: DvcParams = DvcParams()
+    schedule: ScheduleParams = ScheduleParams()
 
     @field_validator("device")
     @classmethod

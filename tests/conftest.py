@@ -76,6 +76,18 @@ def repo_copy(tmp_path: Path) -> Path:
     return copy_repo(tmp_path / "repo")
 
 
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    """A tiny git + DVC repository (no pipeline): params.yaml with only defaults, one file to `dvc add`."""
+    root = tmp_path / "dvc-repo"
+    root.mkdir()
+    git(root, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    (root / "params.yaml").write_text("seed: 0\n")
+    (root / "numbers.txt").write_text("1 2 3\n")
+    return root
+
+
 # ----------------------------------------------------------------------------- local HTTP server
 
 class _RangeHandler(SimpleHTTPRequestHandler):
