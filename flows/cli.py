@@ -74,3 +74,7 @@ def _run_without_prefect(pipeline: str, root: Path, acquire: bool) -> dict:
         for stage in dvc_stages(root, pipeline):
             print(run_dvc(root, "repro", "--single-item", stage), file=sys.stderr)
     return summary_markdown(pipeline, root)[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,10 +43,12 @@ def lock_timeout(root: Path) -> float:
     return load_params(root / "params.yaml").dvc.lock_timeout_seconds
 
 
-def stage_environment() -> dict[str, str]:
-    """The environment DVC and its stage commands run in: this interpreter's `python` first on PATH."""
+def stage_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment DVC and its stage commands run in: this interpreter's `python` first on PATH,
+    plus `extra` variables (a reproduction's own MLflow store and code path)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra or {})
     return env
 
 
@@ -110,8 +112,8 @@ def _dvc_lock_holder(root: Path) -> str:
     return f" (held by pid {pid})" if pid.isdigit() else ""
 
 
-def _dvc(root: Path, args: tuple[str, ...]) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=stage_environment(),
+def _dvc(root: Path, args: tuple[str, ...], env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=stage_environment(env),
                           capture_output=True, text=True)
     return done.returncode, (done.stdout + done.stderr).strip()
 
@@ -121,17 +123,18 @@ def _failed(root: Path, args: tuple[str, ...], code: int, output: str) -> D2lflo
     return D2lflowError(f"`dvc {' '.join(args)}` failed (exit {code}) in {root}:\n{tail}")
 
 
-def run_dvc(root: Path, *args: str, lock: bool = True, timeout: float | None = None) -> str:
+def run_dvc(root: Path, *args: str, lock: bool = True, timeout: float | None = None,
+            env: Mapping[str, str] | None = None) -> str:
     """Run a DVC command in `root` and return its output; a failure raises with DVC's own output.
 
     With `lock` (every command that writes: repro, add, push, pull, ...) it runs under `repo_lock`,
     and while a DVC process we did not start holds DVC's lock (e.g. a manual `dvc repro`) it is retried
     with backoff; both waits together last at most `timeout` seconds (default `dvc.lock_timeout_seconds`).
-    `lock=False` is for commands that only read (`dvc remote list`).
+    `lock=False` is for commands that only read (`dvc remote list`). `env`: extra environment variables.
     """
     root = Path(root)
     if not lock:
-        code, output = _dvc(root, args)
+        code, output = _dvc(root, args, env)
         if code != 0:
             raise _failed(root, args, code, output)
         return output
@@ -141,7 +144,7 @@ def run_dvc(root: Path, *args: str, lock: bool = True, timeout: float | None = N
     command = f"dvc {' '.join(args)}"
     with repo_lock(root, f"`{command}`", timeout=wait):
         while True:
-            code, output = _dvc(root, args)
+            code, output = _dvc(root, args, env)
             if code == 0:
                 return output
             if DVC_LOCK_ERROR not in output:

@@ -47,22 +47,34 @@ def data_hash(root: Path, dvc_file: str = "data.dvc") -> str:
     return str(outs[0].get("md5", UNKNOWN))
 
 
+def parse_lock(text: str) -> dict[str, dict[str, Any]]:
+    """The `stages` mapping of a dvc.lock's text (from the working tree or `git show REV:dvc.lock`)."""
+    return (yaml.safe_load(text) or {}).get("stages", {}) or {}
+
+
 def lock_stages(root: Path) -> dict[str, dict[str, Any]]:
     path = root / "dvc.lock"
     if not path.is_file():
         return {}
-    return (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    return parse_lock(path.read_text())
+
+
+def stage_digest(entry: dict[str, Any]) -> str:
+    """SHA-256 (16 hex) of one canonical lock entry: equal digests mean an identical stage."""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def stage_hashes(root: Path, prefix: str) -> dict[str, str]:
     """Per dvc.lock stage of a pipeline: SHA-256 (16 hex) of its canonical lock entry
     (command, deps, params, outs with their md5s): equal hashes mean an identical stage."""
-    hashes = {}
-    for name, entry in lock_stages(root).items():
-        if name.startswith(prefix):
-            canonical = json.dumps(entry, sort_keys=True, default=str).encode()
-            hashes[name] = hashlib.sha256(canonical).hexdigest()[:16]
-    return hashes
+    return {name: stage_digest(entry) for name, entry in lock_stages(root).items() if name.startswith(prefix)}
+
+
+def locked_outs(stages: dict[str, dict[str, Any]], prefix: str) -> dict[str, dict[str, str]]:
+    """{stage: {out path: md5}} for the stages of a pipeline in a parsed dvc.lock: what a
+    reproduction's outputs must hash to (a directory's md5 ends in `.dir`)."""
+    return {name: {out["path"]: out["md5"] for out in entry.get("outs", []) if out.get("md5")}
+            for name, entry in stages.items() if name.startswith(prefix)}
 
 
 def out_md5(root: Path, stage: str, path: str) -> str | None:

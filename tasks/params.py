@@ -251,6 +251,22 @@ class DetectionParams(Section):
     )
 
 
+class ToleranceParams(Section):
+    """A reproduced metric matches when |reproduced - recorded| <= atol + rtol * |recorded|."""
+
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+
+
+class ReproduceParams(Section):
+    """How `python -m flows.reproduce` judges a rebuilt model against the recorded one."""
+
+    cpu: ToleranceParams = ToleranceParams(atol=0.0, rtol=0.0)  # deterministic kernels: exact
+    cuda: ToleranceParams = ToleranceParams(atol=1e-4, rtol=1e-3)  # atomics in some CUDA backward kernels
+    speed_metrics: list[str] = ["*_per_s", "*seconds*"]  # fnmatch patterns: listed, never compared
+    volatile_outputs: list[str] = ["*/run.json"]  # outputs whose bytes differ by design (an MLflow run id)
+
+
 class DvcParams(Section):
     """How our DVC commands share a repository with each other and with a manual `dvc` run."""
 
@@ -302,6 +318,7 @@ class Params(Section):
     word2vec: Word2vecParams = Word2vecParams()
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
+    reproduce: ReproduceParams = ReproduceParams()
     dvc: DvcParams = DvcParams()
     schedule: ScheduleParams = ScheduleParams()
 

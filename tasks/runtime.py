@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import random
 from importlib import metadata
@@ -34,7 +35,9 @@ def select_device(spec: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch and ask torch for deterministic kernels (warn where none exist)."""
+    """Seed Python, NumPy and torch and ask torch for deterministic kernels (warn where none exist).
+    cuBLAS is deterministic only with a fixed workspace, set before its first call (a user's value wins)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

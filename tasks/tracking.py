@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CODE_PATHS = [str(Path(__file__).resolve().parents[1] / name) for name in ("tasks", "models")]
 
 TAG = "d2lflow."
+OUT_MD5 = f"{TAG}out_md5."  # + an output path: its md5 in dvc.lock when the run was tagged
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -68,9 +69,12 @@ def experiment_id(pipeline: str, params: Params) -> str:
         return client.get_experiment_by_name(pipeline).experiment_id
 
 
-def lineage_tags(params: Params, pipeline: str, device: str | None = None) -> dict[str, str]:
-    """Git commit and dirty flag, data.dvc hash, dvc.lock stage hashes, seed, versions, and the
-    device when the caller knows it (the train stage; later stages keep the train stage's tag)."""
+def lineage_tags(params: Params, pipeline: str, device: str | None = None, locked: bool = True) -> dict[str, str]:
+    """Git commit and dirty flag, data.dvc hash, dvc.lock stage hashes and output md5s, seed,
+    versions, and the device when the caller knows it (the train stage; later stages keep the train
+    stage's tag). `locked`: add the dvc.lock stage hashes and output md5s, which are current only
+    once DVC has locked the run's stages (the register stage), never at training start; the output
+    md5s let `flows.reproduce` check a rebuilt model against the run itself."""
     root = params.root()
     git = lineage.git_state(root)
     tags = {
@@ -85,8 +89,12 @@ def lineage_tags(params: Params, pipeline: str, device: str | None = None) -> di
         tags[f"{TAG}device"] = device
     if git["dirty_files"]:
         tags[f"{TAG}git_dirty_files"] = ", ".join(git["dirty_files"])[:4000]
-    for stage, digest in lineage.stage_hashes(root, f"{pipeline}_").items():
-        tags[f"{TAG}dvc_lock.{stage}"] = digest
+    if locked:
+        for stage, digest in lineage.stage_hashes(root, f"{pipeline}_").items():
+            tags[f"{TAG}dvc_lock.{stage}"] = digest
+        for outs in lineage.locked_outs(lineage.lock_stages(root), f"{pipeline}_").values():
+            for path, md5 in outs.items():
+                tags[f"{OUT_MD5}{path}"] = md5
     for name, version in library_versions().items():
         tags[f"{TAG}version.{name}"] = version
     if os.environ.get("DVC_EXP_NAME"):
@@ -123,7 +131,7 @@ def training_run(pipeline: str, params: Params, device: str, run_file: Path, dat
             resume_run_id = None
     start = ({"run_id": resume_run_id} if resume_run_id else
              {"experiment_id": experiment_id(pipeline, params), "run_name": run_name(pipeline, params)})
-    tags = {**lineage_tags(params, pipeline, device), f"{TAG}world_size": str(world_size)}
+    tags = {**lineage_tags(params, pipeline, device, locked=False), f"{TAG}world_size": str(world_size)}
     with mlflow.start_run(**start, tags=tags, log_system_metrics=params.mlflow.system_metrics) as run:
         if not resume_run_id:
             mlflow.log_params(pipeline_params(params, pipeline))

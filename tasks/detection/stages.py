@@ -94,14 +94,14 @@ def train(params: Params) -> dict[str, Any]:
                        "train_images": len(dataset)}
             if not ctx.is_main:
                 return {"rank": ctx.rank, "outputs": "written by rank 0"}
+            tracking.log_metrics({k: v for k, v in metrics.items() if k != "images_per_s"})  # per epoch above
             with atomic_path(out["model"]) as tmp:
                 torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
             columns = ["epoch", "loss", *tr.LOSSES, "images_per_s"]
             write_text(out["history"], ",".join(columns) + "\n" + "".join(
                 ",".join(f"{h[c]:.6f}" if isinstance(h[c], float) else str(h[c]) for c in columns) + "\n"
                 for h in history))
-            write_json(out["train_metrics"],
-                       {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
+            write_json(out["train_metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
     return metrics
 
 

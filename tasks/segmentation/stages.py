@@ -101,13 +101,13 @@ def train(params: Params) -> dict[str, Any]:
                        "train_images": len(dataset)}
             if not ctx.is_main:
                 return {"rank": ctx.rank, "outputs": "written by rank 0"}
+            tracking.log_metrics({k: v for k, v in metrics.items() if k != "images_per_s"})  # per epoch above
             with atomic_path(out["model"]) as tmp:
                 torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
             write_text(out["history"], "epoch,loss,train_pixel_accuracy,images_per_s\n" + "".join(
                 f"{h['epoch']},{h['loss']:.6f},{h['train_pixel_accuracy']:.6f},{h['images_per_s']:.3f}\n"
                 for h in history))
-            write_json(out["train_metrics"],
-                       {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
+            write_json(out["train_metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
     return metrics
 
 
