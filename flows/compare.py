@@ -17,7 +17,7 @@ from typing import Any
 
 from mlflow.entities import Run
 
-from flows.reproduce import resolve_run
+from flows.reproduce import cell, resolve_run
 from tasks.cli import quiet_environment, setup_logging
 from tasks.errors import D2lflowError
 from tasks.params import load_params
@@ -49,18 +49,10 @@ def lineage(run: Run) -> dict[str, str]:
     return {key[len(TAG):]: value for key, value in run.data.tags.items() if key.startswith(TAG)}
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.10g}"
-    return str(value)
-
-
 def render(title: str, headers: list[str], rows: list[tuple]) -> str:
-    lines = [[title, *headers]] + [[_cell(cell) for cell in row] for row in rows]
+    lines = [[title, *headers]] + [[cell(value) for value in row] for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text = ["  ".join(entry.ljust(width) for entry, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(text)
 

@@ -351,7 +351,8 @@ def compare_params(recorded: dict[str, str], current: dict[str, Any]) -> list[Ro
             if recorded.get(key) != str(value)]
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A table cell: '-' for a missing value, floats to 10 significant digits."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -366,9 +367,9 @@ def table(title: str, rows: list[Row], headers: tuple[str, str] = ("recorded", "
     for row in rows:
         numbers = ["-" if row.diff is None else f"{row.diff:.3g}",
                    "-" if row.tolerance is None else f"{row.tolerance:.3g}"] if numeric else []
-        lines.append([row.name, _cell(row.recorded), _cell(row.reproduced), *numbers, row.status])
+        lines.append([row.name, cell(row.recorded), cell(row.reproduced), *numbers, row.status])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text = ["  ".join(entry.ljust(width) for entry, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(text)
 

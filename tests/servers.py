@@ -142,18 +142,28 @@ def postgres_cluster(database: str = "mlflow") -> Iterator[Postgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the process group (the server and its workers), SIGKILL what is left after `grace` s."""
+def stop_group(process: subprocess.Popen | None, timeout: float = 30) -> None:
+    """SIGTERM to the process group (the server's workers, serve's flow-run processes and their DVC
+    stages), SIGKILL after `timeout`; then nothing of the group is left."""
+    if process is None:
+        return
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if process.poll() is not None:
-            return
         try:
             os.killpg(process.pid, sig)
-            process.wait(timeout=grace)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             continue
-        except ProcessLookupError:
-            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # children of the group may outlive its leader briefly
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+    process.wait(timeout=timeout)
 
 
 def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT) -> None:
@@ -193,4 +203,4 @@ def mlflow_server(backend_store_uri: str, workdir: Path) -> Iterator[MlflowServe
         wait_for_health(f"{url}/health", process, log)
         yield MlflowServer(url=url, artifacts=artifacts, log=log)
     finally:
-        _stop_group(process)
+        stop_group(process)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from tasks.segmentation.train import check_distributed, epoch_loader, pixel_loss
 from tasks.voc import VOID
 from tasks.word2vec.train import pair_loss
 from tests.conftest import copy_repo, run
+from tests.servers import free_port
 
 CPU = torch.device("cpu")
 
@@ -252,12 +252,6 @@ WORD2VEC = ["word2vec.data.synthetic.sentences=3000", "word2vec.train.epochs=3",
             "word2vec.train.batch_size=128", "word2vec.train.lr=0.01", "mlflow.system_metrics=false"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _env(root: Path, store: str) -> dict[str, str]:
     """Each run its own MLflow store; one thread per worker so two fit on two cores."""
     return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / store}", "OMP_NUM_THREADS": "1"}
@@ -307,7 +301,7 @@ def test_two_gloo_processes_train_word2vec_like_one_and_only_rank_0_logs_and_wri
     single_losses = _losses(root, "single.db", single_run.info.run_id)
     single_weights = torch.load(root / "artifacts/word2vec/train/model.pt", weights_only=True)
 
-    done = _train(root, "word2vec", _ddp(_free_port()), "ddp.db")
+    done = _train(root, "word2vec", _ddp(free_port()), "ddp.db")
     runs = _runs(root, "ddp.db")
     assert len(runs) == 1, "rank 0 alone opens the MLflow run"
     (ddp_run,) = runs
@@ -339,7 +333,7 @@ def test_two_gloo_processes_train_word2vec_like_one_and_only_rank_0_logs_and_wri
     assert json.loads(done.stdout)["epochs"] == 3
 
     # Run again: every rank resumes from rank 0's checkpoint (broadcast), nothing left to train.
-    again = _train(root, "word2vec", _ddp(_free_port()), "ddp.db", fresh=False)
+    again = _train(root, "word2vec", _ddp(free_port()), "ddp.db", fresh=False)
     assert json.loads(again.stdout)["resumed_from_epoch"] == 3
     resumed = torch.load(root / "artifacts/word2vec/train/model.pt", weights_only=True)
     assert all(torch.equal(resumed[k], ddp_weights[k]) for k in resumed)
@@ -351,7 +345,7 @@ def test_a_killed_rank_fails_the_stage_and_the_error_names_it(word2vec_repo: Pat
     import psutil
 
     root = word2vec_repo
-    set_params(root / "params.yaml", _ddp(_free_port()) + ["word2vec.train.epochs=50"])
+    set_params(root / "params.yaml", _ddp(free_port()) + ["word2vec.train.epochs=50"])
     subprocess.run(["rm", "-rf", str(root / "checkpoints/word2vec"), str(root / "artifacts/word2vec/train")],
                    check=True)
     stage = subprocess.Popen([sys.executable, "-m", "tasks", "word2vec", "train"], cwd=root,
@@ -389,7 +383,7 @@ def test_two_nodes_on_one_machine_train_together_and_only_node_0_has_outputs(wor
     # Two "nodes" of one process each, as on two machines: node 0 runs the stage as DVC would, node 1
     # starts its workers with `python -m tasks word2vec train` and its own node_rank.
     root = word2vec_repo
-    port = _free_port()
+    port = free_port()
     set_params(root / "params.yaml", ["distributed.nproc_per_node=1", "distributed.nnodes=2",
                                       f"distributed.master_port={port}"])
     (root / "node1.yaml").write_text((root / "params.yaml").read_text())
@@ -431,7 +425,7 @@ def test_two_gloo_processes_train_the_fcn_and_an_error_on_the_ranks_is_one_line(
     root = copy_repo(tmp_path / "repo", SEGMENTATION)
     for stage in ("acquire", "preprocess"):
         run(root, sys.executable, "-m", "tasks", "segmentation", stage, timeout=300)
-    refused = _train(root, "segmentation", _ddp(_free_port()) + ["segmentation.train.sync_batchnorm=true"],
+    refused = _train(root, "segmentation", _ddp(free_port()) + ["segmentation.train.sync_batchnorm=true"],
                      "refused.db", check=False)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith(
@@ -439,7 +433,7 @@ def test_two_gloo_processes_train_the_fcn_and_an_error_on_the_ranks_is_one_line(
         "segmentation.train.sync_batchnorm needs CUDA")
     assert _runs(root, "refused.db") == []  # checked before the MLflow run is opened
 
-    done = _train(root, "segmentation", _ddp(_free_port()) + ["segmentation.train.sync_batchnorm=false"], "fcn.db")
+    done = _train(root, "segmentation", _ddp(free_port()) + ["segmentation.train.sync_batchnorm=false"], "fcn.db")
     (fcn_run,) = _runs(root, "fcn.db")
     assert fcn_run.data.tags["d2lflow.world_size"] == "2" and fcn_run.info.status == "FINISHED"
     # BatchNorm normalises over each rank's 2 images instead of the batch's 4, so this curve is not the

@@ -7,12 +7,9 @@ Then prefect.yaml deploys onto the same server. (Prefect's temporary server neve
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,57 +18,14 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import BIN, copy_repo, run
+from tests.servers import free_port, stop_group, wait_for_health
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TINY = ["word2vec.data.synthetic.sentences=3000", "word2vec.train.epochs=2"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def tail(path: Path, lines: int = 80) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
-def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"prefect server exited with {process.returncode}:\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"prefect server not healthy at {url} after {timeout:.0f} s:\n{tail(log)}")
-
-
-def stop_group(process: subprocess.Popen | None, timeout: float = 30) -> None:
-    """SIGTERM to the process group (the server's workers, serve's flow-run processes and their DVC
-    stages), SIGKILL after `timeout`; then nothing of the group is left."""
-    if process is None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # children of the group may outlive its leader briefly
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-    process.wait(timeout=timeout)
 
 
 def test_served_deployment_retrains_on_its_schedule_and_registers_a_model(tmp_path: Path) -> None:
