@@ -101,7 +101,9 @@ def train(params: Params) -> dict[str, Any]:
                        "train_images": len(dataset)}
             if not ctx.is_main:
                 return {"rank": ctx.rank, "outputs": "written by rank 0"}
-            tracking.log_metrics({k: v for k, v in metrics.items() if k != "images_per_s"})  # per epoch above
+            # the rest were logged per epoch (a second, step-less value would break their series)
+            tracking.log_metrics({k: v for k, v in metrics.items()
+                                  if k not in ("images_per_s", "train_pixel_accuracy")})
             with atomic_path(out["model"]) as tmp:
                 torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
             write_text(out["history"], "epoch,loss,train_pixel_accuracy,images_per_s\n" + "".join(
