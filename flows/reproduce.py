@@ -20,6 +20,7 @@ import fnmatch
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import yaml
 from mlflow import MlflowClient
@@ -116,6 +118,7 @@ class Target:
     recorded_outs: dict[str, str] = field(default_factory=dict)  # out path -> md5
     outs_source: str = ""
     device: str = ""
+    threads: str = ""  # torch's intra-op threads in training: CPU results depend on the count
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -154,7 +157,7 @@ def target_from_run(run: Run, root: Path, label: str) -> Target:
     return Target(label=f"{label} (run {run_id}, commit {commit[:8]})", pipeline=pipeline, commit=commit,
                   data_md5=data_md5, recorded_metrics=dict(run.data.metrics), recorded_params=dict(run.data.params),
                   recorded_outs=recorded_outs, outs_source="run tags" if recorded_outs else "",
-                  device=tags.get(f"{TAG}device", ""))
+                  device=tags.get(f"{TAG}device", ""), threads=tags.get(f"{TAG}torch_threads", ""))
 
 
 def target_from_rev(root: Path, rev: str, pipeline: str) -> Target:
@@ -423,7 +426,11 @@ class Report:
 def reproduce(target: Target, root: Path, params: Params, keep_worktree: bool = False) -> Report:
     """Check out the target's commit, restore its data, `dvc repro` up to evaluation, compare."""
     cfg = params.reproduce
-    with temporary_worktree(root, target.commit, keep_worktree) as worktree:
+    # Train with the recorded number of threads: CPU kernels split their reductions by thread.
+    threads = {"OMP_NUM_THREADS": target.threads} if target.threads.isdigit() else {}
+    if threads:
+        log.info("training with %s threads, as the recorded run did (OMP_NUM_THREADS)", target.threads)
+    with temporary_worktree(root, target.commit, keep_worktree) as worktree, patch.dict(os.environ, threads):
         restored = restore_data(worktree, root, target.data_md5)
         log.info("data %s restored from %s", target.data_md5, restored)
         stages = [stage for stage in dvc_stages(worktree, target.pipeline) if not stage.endswith("_register")]
@@ -444,6 +451,7 @@ def reproduce(target: Target, root: Path, params: Params, keep_worktree: bool = 
     lines = [
         f"reproduced {target.label}",
         f"data {target.data_md5}: {restored}; device recorded {target.device or '-'}, reproduced {device or '-'}; "
+        f"torch threads {target.threads + ' (as recorded)' if threads else 'not recorded: the machine default'}; "
         f"tolerance atol={tol.atol:g} rtol={tol.rtol:g}",
         "",
         table("metric", metric_rows),

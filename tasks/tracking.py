@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -71,10 +72,10 @@ def experiment_id(pipeline: str, params: Params) -> str:
 
 def lineage_tags(params: Params, pipeline: str, device: str | None = None, locked: bool = True) -> dict[str, str]:
     """Git commit and dirty flag, data.dvc hash, dvc.lock stage hashes and output md5s, seed,
-    versions, and the device when the caller knows it (the train stage; later stages keep the train
-    stage's tag). `locked`: add the dvc.lock stage hashes and output md5s, which are current only
-    once DVC has locked the run's stages (the register stage), never at training start; the output
-    md5s let `flows.reproduce` check a rebuilt model against the run itself."""
+    versions, and the device and torch's intra-op thread count when the caller knows them (the train
+    stage; later stages keep the train stage's tags). `locked`: add the dvc.lock stage hashes and
+    output md5s, which are current only once DVC has locked the run's stages (the register stage),
+    never at training start; the output md5s let `flows.reproduce` check a rebuilt model against the run itself."""
     root = params.root()
     git = lineage.git_state(root)
     tags = {
@@ -87,6 +88,8 @@ def lineage_tags(params: Params, pipeline: str, device: str | None = None, locke
     }
     if device is not None:
         tags[f"{TAG}device"] = device
+        # CPU kernels split their reductions by thread: the same seed gives the same bits only with the same count
+        tags[f"{TAG}torch_threads"] = str(torch.get_num_threads())
     if git["dirty_files"]:
         tags[f"{TAG}git_dirty_files"] = ", ".join(git["dirty_files"])[:4000]
     if locked:

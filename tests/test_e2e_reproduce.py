@@ -92,6 +92,8 @@ def test_reproducing_the_champion_rebuilds_the_identical_model(trained: Path, tm
     assert "artifacts/word2vec/preprocess" in table and table["artifacts/word2vec/preprocess"][-1] == "OK"
     assert f"data {recorded.data.tags['d2lflow.data_dvc_md5']}: DVC cache" in done.stdout
     assert "RESULT: REPRODUCED" in done.stdout
+    threads = recorded.data.tags["d2lflow.torch_threads"]  # CPU bits depend on it: the rebuild uses the same count
+    assert f"torch threads {threads} (as recorded)" in done.stdout
     assert_no_worktree_left(trained, tmp_path / "tmp")
     assert [str(v.version) for v in client(trained).search_model_versions("name='word2vec'")] == ["1"]
 

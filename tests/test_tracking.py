@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from tasks import tracking
@@ -35,6 +36,7 @@ def test_training_run_records_lineage_params_and_samples_system_metrics(tmp_path
     assert data.tags["d2lflow.pipeline"] == "word2vec" and data.tags["d2lflow.device"] == "cpu"
     assert data.tags["d2lflow.git_commit"] == "unknown" and data.tags["d2lflow.git_dirty"] == "true"
     assert data.tags["d2lflow.world_size"] == "1" and data.tags["d2lflow.seed"] == str(params.seed)
+    assert data.tags["d2lflow.torch_threads"] == str(torch.get_num_threads())  # CPU bits depend on it
     assert data.params["word2vec.train.lr"] == str(params.word2vec.train.lr)
     assert read_json(tmp_path / "run.json")["run_id"] == run_id
     assert client.get_experiment(run.info.experiment_id).name == "word2vec"
