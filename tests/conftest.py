@@ -40,6 +40,10 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
 
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    # The client's tracking and registry URIs are process-wide: a test that set them (to its own store)
+    # must not leave the next test reading another store's registry.
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
 def git(root: Path, *args: str) -> str:
