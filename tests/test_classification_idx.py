@@ -126,6 +126,9 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
         read_split(tmp_path, "train")
     with pytest.raises(DataError, match=r"nope\.gz: no such IDX file"):
         read_idx(tmp_path / "nope.gz", IMAGES_MAGIC)
+    (tmp_path / "dir.gz").mkdir()
+    with pytest.raises(DataError, match=r"dir\.gz: cannot be read as an IDX file .*expected a regular file"):
+        read_idx(tmp_path / "dir.gz", IMAGES_MAGIC)
 
 
 def test_official_md5_table_names_the_four_published_files() -> None:

@@ -46,6 +46,8 @@ def _raw_bytes(path: Path) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such IDX file; put the Fashion-MNIST files there or use another source") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read as an IDX file ({exc.strerror}); expected a regular file") from None
     if data[:2] != _GZIP_SIGNATURE:
         return data
     try:
