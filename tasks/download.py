@@ -15,13 +15,13 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
+from tasks.atomic import temp_dir
 from tasks.errors import DataError, DownloadError
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
         else:
             _check_zip(archive, arc)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+        tmp = temp_dir(target.parent, f"{target.name}.extract")  # a killed run's is removed by the next
         try:
             try:
                 if isinstance(arc, tarfile.TarFile):
