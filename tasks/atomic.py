@@ -6,7 +6,9 @@ A crash never leaves a half-written artifact that a later stage or DVC would tru
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,13 +16,56 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a zombie counts as alive until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale(parent: Path, name: str) -> list[Path]:
+    """Remove the `.{name}.pid<PID>-*` temporaries in `parent` whose creating process is dead (a killed
+    stage's leftovers); a live writer's temporary is never touched. Returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.pid(\d+)-")
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            log.info("removing %s, left behind by process %s, which no longer runs", entry, match.group(1))
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def temp_dir(parent: Path, name: str) -> Path:
+    """A new empty directory `parent/.{name}.pid<PID>-XXXX`, after removing dead processes' ones: the
+    pid in the name tells the next run whether the writer is still alive."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(parent, name)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.pid{os.getpid()}-", dir=parent))
+
 
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `dest`; on success it replaces `dest` (file or directory)."""
+    """Yield a temporary path next to `dest`; on success it replaces `dest` (file or directory).
+    Temporaries that a killed earlier run left beside `dest` are removed first."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent)) / dest.name
+    tmp = temp_dir(dest.parent, dest.name) / dest.name
     try:
         yield tmp
         if not tmp.exists():

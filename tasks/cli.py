@@ -27,8 +27,17 @@ def stages(pipeline: str) -> dict[str, Callable[[Params], dict[str, Any]]]:
 
 def acquire_all(params: Params) -> dict[str, Any]:
     """Acquire the data of every pipeline, each from its configured source: data.dvc versions all of
-    data/, so it must not depend on which pipeline happened to run first."""
-    return {pipeline: stages(pipeline)["acquire"](params) for pipeline in PIPELINES}
+    data/, so it must not depend on which pipeline happened to run first. Every new tree is staged and
+    checked first; data/ changes only once all of them are (all or nothing)."""
+    from tasks.acquire import Staging
+
+    staging = Staging(params.root())
+    try:
+        summary = {pipeline: stages(pipeline)["acquire"](params, staging) for pipeline in PIPELINES}
+        staging.commit()
+    finally:
+        staging.close()
+    return summary
 
 
 def acquire_and_version(root: Path) -> dict[str, Any]:

@@ -15,13 +15,13 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
+from tasks.atomic import temp_dir
 from tasks.errors import DataError, DownloadError
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,12 @@ def _escapes(name: str) -> bool:
     return norm == ".." or norm.startswith("../")
 
 
+def refused(source: Path, member: str, why: str) -> DataError:
+    """The one message for a member of an archive or of a local directory that is not accepted."""
+    return DataError(f"refusing to read {source}: member {member!r} {why}; "
+                     "use a copy without it (links, devices and paths outside the source are not accepted)")
+
+
 def _check_tar(archive: Path, tar: tarfile.TarFile) -> None:
     for m in tar.getmembers():
         bad = None
@@ -153,18 +159,15 @@ def _check_tar(archive: Path, tar: tarfile.TarFile) -> None:
         elif m.islnk() and _escapes(m.linkname):
             bad = f"is a hard link to {m.linkname!r} outside the target directory"
         if bad:
-            raise DataError(f"refusing to extract {archive}: member {m.name!r} {bad}")
+            raise refused(archive, m.name, bad)
 
 
 def _check_zip(archive: Path, zf: zipfile.ZipFile) -> None:
     for info in zf.infolist():
         if _escapes(info.filename):
-            raise DataError(
-                f"refusing to extract {archive}: member {info.filename!r} has an absolute path "
-                "or escapes the target directory"
-            )
+            raise refused(archive, info.filename, "has an absolute path or escapes the target directory")
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise DataError(f"refusing to extract {archive}: member {info.filename!r} is a symlink")
+            raise refused(archive, info.filename, "is a symlink")
 
 
 def _remove(path: Path) -> None:
@@ -198,7 +201,7 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
         else:
             _check_zip(archive, arc)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+        tmp = temp_dir(target.parent, f"{target.name}.extract")  # a killed run's is removed by the next
         try:
             try:
                 if isinstance(arc, tarfile.TarFile):

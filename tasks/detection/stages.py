@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ from torch.utils.data import DataLoader
 
 from models.detection import build_detector, build_from_config
 from tasks import distributed, tracking
+from tasks.acquire import Staging, check_voc_lists
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.detection import train as tr
 from tasks.detection.ap import Detections, GroundTruth, coco_map, voc_ap
 from tasks.detection.data import DetectionDataset, collate
 from tasks.detection.data import preprocess as preprocess_boxes
 from tasks.detection.transforms import TrainTransform
+from tasks.errors import DataError
 from tasks.params import Params
 from tasks.runtime import (
     code_hash,
@@ -34,9 +37,29 @@ log = logging.getLogger(__name__)
 PIPELINE = "detection"
 
 
-def acquire(params: Params) -> dict[str, Any]:
-    """Nothing of its own: the VOC tree (Annotations, ImageSets/Main) comes with the segmentation data."""
-    return {"dir": str(params.path(params.detection.preprocess.data_dir)), "source": "the segmentation VOC tree"}
+def acquire(params: Params, staging: Staging | None = None) -> dict[str, Any]:
+    """Nothing of its own: the VOC tree (Annotations, ImageSets/Main) comes with the segmentation data.
+    It checks that tree (as staged, when acquired together): every id of ImageSets/Main/{train,val}.txt
+    has its JPEG and annotation."""
+    data_dir = params.path(params.detection.preprocess.data_dir)
+    if staging is None:
+        check_voc_detection(data_dir)
+    else:
+        staging.defer(lambda: _check_staged(staging.view(data_dir), data_dir))
+    return {"dir": str(data_dir), "source": "the segmentation VOC tree"}
+
+
+def check_voc_detection(tree: Path) -> None:
+    check_voc_lists(tree, "Main", ("JPEGImages/{}.jpg", "Annotations/{}.xml"))
+
+
+def _check_staged(tree: Path, data_dir: Path) -> None:
+    try:
+        check_voc_detection(tree)
+    except DataError as error:
+        reason = str(error).replace(f"{tree}{os.sep}", "").replace(str(tree), ".")
+        raise DataError(f"the VOC tree acquired for {data_dir} is refused for detection ({data_dir} is left as "
+                        f"it was): {reason}") from error
 
 
 def preprocess(params: Params) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from models.fcn import build_fcn
 from tasks import distributed, tracking
+from tasks.acquire import Staging, check_voc_lists
 from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.metrics import confusion_matrix, segmentation_scores
@@ -40,11 +41,17 @@ PIPELINE = "segmentation"
 MARKER = "VOC2012/ImageSets/Segmentation/train.txt"
 
 
-def acquire(params: Params) -> dict[str, Any]:
-    """VOCdevkit into `segmentation.data.dir` from the book's mirror, a local tree/tar, or the generator."""
+def acquire(params: Params, staging: Staging | None = None) -> dict[str, Any]:
+    """VOCdevkit into `segmentation.data.dir` from the book's mirror, a local tree/tar, or the generator;
+    every id of ImageSets/Segmentation/{train,val}.txt must have its JPEG and mask before data/ changes."""
     cfg = params.segmentation.data
-    target = acquire_data(cfg, params, MARKER, lambda path: write_synthetic_voc(path, cfg.synthetic))
+    target = acquire_data(cfg, params, MARKER, lambda path: write_synthetic_voc(path, cfg.synthetic),
+                          check=check_voc_segmentation, staging=staging)
     return {"dir": str(target), "source": cfg.source}
+
+
+def check_voc_segmentation(tree: Path) -> None:
+    check_voc_lists(tree, "Segmentation", ("JPEGImages/{}.jpg", "SegmentationClass/{}.png"))
 
 
 def preprocess(params: Params) -> dict[str, Any]:

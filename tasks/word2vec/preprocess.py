@@ -74,7 +74,14 @@ def read_tokens(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A PTB text file → (tokens, sentence lengths); one sentence a line, blank lines skipped."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; run the acquire step (`d2lflow acquire`) first")
-    lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text (byte {raw[error.start:error.start + 1]!r} at offset {error.start}, "
+                        f"line {line}); PTB files are plain text: re-save it as UTF-8 or acquire it again") from None
+    lines = [line.split() for line in text.splitlines()]
     lengths = np.fromiter((len(words) for words in lines if words), dtype=np.int64)
     tokens = np.array([word for words in lines for word in words], dtype=object)
     if len(tokens) == 0:
@@ -181,7 +188,8 @@ def negatives(ctx_offsets: np.ndarray, contexts: np.ndarray, weights: np.ndarray
     else:
         raise DataError(
             f"could not draw negatives for {len(todo)} context words in {max_rounds} rounds: their "
-            "contexts cover almost the whole vocabulary; use a larger corpus or a lower min_freq"
+            "contexts cover almost the whole vocabulary; use a larger corpus or lower "
+            "word2vec.preprocess.min_freq"
         )
     return (ctx_offsets * k).astype(np.int64), noise
 
@@ -249,6 +257,12 @@ def preprocess(data_dir: Path, out_dir: Path, cfg: Word2vecPreprocessParams, see
             kept, samples = make_samples(corpus, vocab.counts, cfg, split_rng(seed, split))
             save_arrays(tmp / f"{split}_corpus", {"ids": corpus.ids, "lengths": corpus.lengths})
             save_arrays(tmp / split, {name: getattr(samples, name) for name in ARRAYS})
+            if len(samples.contexts) == 0:
+                raise DataError(f"{data_dir / filename}: no center/context pairs to train or evaluate on: of its "
+                                f"{len(tokens)} tokens, {int((corpus.ids != 0).sum())} are among the {len(vocab) - 1} "
+                                f"words seen ≥ min_freq={cfg.min_freq} times in {SPLIT_FILES['train']}, and "
+                                f"{len(kept.ids)} remain after subsampling; lower word2vec.preprocess.min_freq "
+                                "(or set word2vec.preprocess.subsample: false) or use a larger corpus")
             known = corpus.ids[corpus.ids != 0]
             stats[split] = {
                 "sentences": int(len(lengths)),

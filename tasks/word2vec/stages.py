@@ -14,6 +14,7 @@ import torch
 
 from models.skipgram import SkipGram
 from tasks import distributed, tracking
+from tasks.acquire import Staging
 from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import DataError
@@ -30,14 +31,32 @@ PIPELINE = "word2vec"
 EVAL_FILES = ("wordsim353.tsv", "simlex999.txt", "questions-words.txt")
 
 
-def acquire(params: Params) -> dict[str, Any]:
-    """PTB into `word2vec.data.dir` from the configured source; the evaluation sets into `eval_dir`."""
+def acquire(params: Params, staging: Staging | None = None) -> dict[str, Any]:
+    """PTB into `word2vec.data.dir` from the configured source, the evaluation sets into `eval_dir`;
+    both staged and checked (the text decodes, train and valid hold words) before either is replaced."""
     cfg = params.word2vec.data
-    target = acquire_data(cfg, params, "ptb.train.txt", lambda path: write_synthetic_ptb(path, cfg.synthetic))
-    if not (target / "ptb.valid.txt").is_file():
-        raise DataError(f"{target}: ptb.valid.txt is missing; the held-out loss needs it")
-    copied = copy_eval_sets(params.path(cfg.eval_dir))
+    own = staging is None
+    staging = Staging(params.root()) if own else staging
+    try:
+        target = acquire_data(cfg, params, "ptb.train.txt", lambda path: write_synthetic_ptb(path, cfg.synthetic),
+                              check=check_ptb, staging=staging)
+        eval_dir = params.path(cfg.eval_dir)
+        copied = copy_eval_sets(staging.directory(eval_dir) / "new")
+        if own:
+            staging.commit()
+    finally:
+        if own:
+            staging.close()
     return {"dir": str(target), "source": cfg.source, "eval_sets": copied}
+
+
+def check_ptb(tree: Path) -> None:
+    """The reader's cheap checks on an acquired PTB folder: train and valid exist, decode and hold words."""
+    if not (tree / "ptb.valid.txt").is_file():
+        raise DataError(f"{tree / 'ptb.valid.txt'}: missing; the held-out loss needs it")
+    for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
+        if (tree / name).is_file() or name != "ptb.test.txt":
+            pp.read_tokens(tree / name)
 
 
 def copy_eval_sets(target: Path) -> list[str]:
@@ -49,8 +68,7 @@ def copy_eval_sets(target: Path) -> list[str]:
                         "`pip install gensim` or point word2vec.evaluate.* at your own files") from None
     target.mkdir(parents=True, exist_ok=True)
     for name in EVAL_FILES:
-        with atomic_path(target / name) as tmp:
-            shutil.copyfile(datapath(name), tmp)
+        shutil.copyfile(datapath(name), target / name)
     return list(EVAL_FILES)
 
 
