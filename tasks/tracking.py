@@ -81,8 +81,8 @@ def check_tracking_server(params: Params, timeout: float = 10.0) -> str:
         if answer.status_code < 500:
             return uri
         problem = f"it answers HTTP {answer.status_code}"
-    raise D2lflowError(f"MLflow tracking server {shown} ({where}): {problem}; start the server (README 'Tracking "
-                       "server (PostgreSQL)') or point the URI at one that runs, then run again")
+    raise D2lflowError(f"MLflow tracking server {shown} ({where}): {problem}; start the server "
+                       "(README 'Tracking server (PostgreSQL)') or point the URI at one that runs, then run again")
 
 
 def experiment_id(pipeline: str, params: Params) -> str:
