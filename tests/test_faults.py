@@ -169,3 +169,24 @@ def test_the_flow_checks_the_server_before_any_stage(mode: list[str], refusing_u
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"MLflow tracking server {refusing_uri}" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing acquired, nothing run
+
+
+@pytest.mark.slow
+def test_a_cached_pipeline_still_fails_fast_on_a_dead_tracking_server(tmp_path: Path, refusing_uri: str) -> None:
+    """Every stage cached used to mean exit 0 without a word; now both kinds of run stop before the stages."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import copy_repo, run
+
+    root = copy_repo(tmp_path / "repo", ["word2vec.train.epochs=1"])
+    run(root, sys.executable, "-m", "flows.cli", "run", "word2vec", "--no-prefect")
+    assert "up to date" in run(root, sys.executable, "-m", "dvc", "status", "word2vec_register").stdout
+    env = {**os.environ, "MLFLOW_TRACKING_URI": refusing_uri}
+    for mode in (["--no-prefect"], []):
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "word2vec", *mode], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2, done.stderr
+        assert len(errors) == 1 and f"MLflow tracking server {refusing_uri}" in errors[0]
