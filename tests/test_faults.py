@@ -31,8 +31,12 @@ def test_a_full_disk_while_a_checkpoint_is_written_names_it_and_keeps_the_previo
     before = checkpoint.read_bytes()
     real_save = torch.save
 
-    def full_disk(obj, handle, *args, **kwargs):
-        handle.write(b"PK\x03\x04 the first bytes fit")
+    def full_disk(obj, target, *args, **kwargs):  # the first bytes fit, then the disk is full
+        if isinstance(target, (str, Path)):
+            with open(target, "wb") as handle:
+                handle.write(b"PK\x03\x04")
+        else:
+            target.write(b"PK\x03\x04")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
