@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tasks.cli import PIPELINES, acquire_and_version, quiet_environment, setup_logging
-from tasks.errors import D2lflowError
+from tasks.errors import D2lflowError, filesystem_error
 from tasks.params import load_params, set_params
 
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.overrides:
                 set_params(root / "params.yaml", args.overrides)
             load_params(root / "params.yaml")  # a bad params file fails before anything runs
+            from flows.pipeline import check_tracking
+
+            check_tracking(root)  # so does a tracking server that does not answer, even if every stage is cached
             if args.no_prefect:
                 summary = _run_without_prefect(args.pipeline, root, acquire=not args.skip_acquire)
             else:
@@ -57,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 from flows.pipeline import pipeline_flow
 
                 summary = pipeline_flow(args.pipeline, str(root), acquire=not args.skip_acquire)
-    except D2lflowError as error:
+    except (D2lflowError, OSError) as caught:  # a refused write (read-only, full disk) is the user's too
+        error = caught if isinstance(caught, D2lflowError) else filesystem_error(caught)
+        if error is None:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))

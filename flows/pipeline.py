@@ -20,7 +20,8 @@ from tasks.dvc_repo import repo_lock, run_dvc, stage_environment
 from tasks.errors import D2lflowError
 from tasks.params import load_params
 
-__all__ = ["dvc_stages", "pipeline_flow", "run_dvc", "run_stages", "stage_environment", "summary_markdown"]
+__all__ = ["check_tracking", "dvc_stages", "pipeline_flow", "run_dvc", "run_stages", "stage_environment",
+           "summary_markdown"]
 
 
 def dvc_stages(root: Path, pipeline: str) -> list[str]:
@@ -50,6 +51,13 @@ def dvc_stage_task(stage: str, root: str) -> str:
     for line in output.splitlines()[-20:]:
         logger.info("%s", line)
     return output
+
+
+def check_tracking(repo: Path) -> None:
+    """The MLflow tracking server must answer before any stage runs, also when DVC would skip them all."""
+    from tasks.tracking import check_tracking_server
+
+    check_tracking_server(load_params(repo / "params.yaml"))
 
 
 def run_stages(repo: Path, pipeline: str) -> None:
@@ -84,6 +92,7 @@ def pipeline_flow(pipeline: str = "word2vec", root: str = ".", acquire: bool = T
     """Acquire → every DVC stage of `pipeline` → a markdown artifact with the metrics and the model version."""
     quiet_environment()
     repo = Path(root).resolve()
+    check_tracking(repo)
     with repo_lock(repo, f"d2lflow run {pipeline}"):
         if acquire:
             acquire_task(str(repo))

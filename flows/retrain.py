@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.pipeline import acquire_task, run_stages, summary_markdown
+from flows.pipeline import acquire_task, check_tracking, run_stages, summary_markdown
 from tasks.cli import PIPELINES, quiet_environment, setup_logging
 from tasks.dvc_repo import default_remote, remotes, repo_lock, run_dvc
 from tasks.errors import D2lflowError
@@ -95,6 +95,7 @@ def retrain_flow(pipelines: list[Pipeline] | None = None, root: str = ".",
     chosen = list(pipelines or schedule.pipelines)
     mode = data or schedule.data
     logger = get_run_logger()
+    check_tracking(repo)
     with repo_lock(repo, f"retraining {', '.join(chosen)} (Prefect flow run {flow_run.id})"):
         before = {name: _registration(repo, name) for name in chosen}
         if mode == "pull":

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, get_args
 
-from tasks.errors import D2lflowError
+from tasks.errors import D2lflowError, filesystem_error
 from tasks.params import DEFAULT_PARAMS, Params, Pipeline, load_params
 
 PIPELINES: tuple[str, ...] = get_args(Pipeline)
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage not in available:
             raise D2lflowError(f"unknown stage {args.stage!r} for {args.pipeline}; choose from {', '.join(available)}")
         summary = available[args.stage](load_params(args.params))
-    except D2lflowError as error:
+    except (D2lflowError, OSError) as caught:  # a refused write (read-only, full disk) is the user's too
+        error = caught if isinstance(caught, D2lflowError) else filesystem_error(caught)
+        if error is None:
+            raise
         from tasks.distributed import rank_label
 
         print(f"error: {rank_label() + ': ' if rank_label() else ''}{error}", file=sys.stderr)

@@ -352,7 +352,7 @@ def _format_errors(error: ValidationError, source: Path) -> str:
             lines.append(f"  - unknown key '{key}' (found value {found!r}); remove it or fix its spelling")
         else:
             lines.append(f"  - '{key}': {item['msg']} (found {found!r})")
-    lines.append("Fix params.yaml (see README 'Parameters') and run again.")
+    lines.append("Fix params.yaml (its comments list each key's choices; README 'How it fits together') and run again.")
     return "\n".join(lines)
 
 

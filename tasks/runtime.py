@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tasks.atomic import atomic_path
-from tasks.errors import D2lflowError
+from tasks.errors import D2lflowError, write_fault
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,25 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def save_torch(path: Path, obj: Any, what: str) -> None:
+    """`torch.save` atomically: a kill or a failed write leaves the previous file intact. Writing through
+    a Python file keeps the OS error (torch's own path writer turns a full disk into "unexpected pos"),
+    so a full or read-only disk is one error naming `path`."""
+    try:
+        with atomic_path(path) as tmp, tmp.open("wb") as handle:
+            torch.save(obj, handle)
+    except OSError as error:
+        reason = write_fault(error)
+        if reason is None:
+            raise
+        kept = "the previous one is intact" if Path(path).exists() else "nothing was written"
+        raise D2lflowError(f"{path}: cannot write {what}: {reason}, {kept}; free space on that file system "
+                           "(or make it writable) and run again") from error
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (a kill mid-write leaves the previous one intact)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write a checkpoint atomically (a kill or a full disk mid-write leaves the previous one intact)."""
+    save_torch(path, state, "the checkpoint")
 
 
 def restore(state: dict[str, Any], **stateful: Any) -> tuple[list[dict], int]:

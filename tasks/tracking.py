@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import torch
@@ -53,6 +54,35 @@ def configure(params: Params) -> str:
     if registry:
         mlflow.set_registry_uri(_absolute_sqlite(registry, params.root()))
     return uri
+
+
+def check_tracking_server(params: Params, timeout: float = 10.0) -> str:
+    """Before anything trains: an http(s) tracking URI must answer within `timeout` seconds (one
+    request, no retries), else one error naming the URI, instead of MLflow's minutes of silent
+    retries. Any HTTP answer below 500 counts (credentials are MLflow's to check); other stores
+    (sqlite, file, databases) are not probed. Returns the URI."""
+    import requests
+
+    from_env = bool(os.environ.get("MLFLOW_TRACKING_URI"))
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or _absolute_sqlite(params.mlflow.tracking_uri, params.root())
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    parts = urlsplit(uri)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never print a password
+    where = "MLFLOW_TRACKING_URI" if from_env else f"mlflow.tracking_uri in {params.root() / 'params.yaml'}"
+    try:
+        answer = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                              timeout=(timeout, timeout), allow_redirects=False)
+    except requests.Timeout:
+        problem = f"no answer within {timeout:g} s"
+    except requests.RequestException as error:
+        problem = f"cannot connect: {type(error).__name__}"
+    else:
+        if answer.status_code < 500:
+            return uri
+        problem = f"it answers HTTP {answer.status_code}"
+    raise D2lflowError(f"MLflow tracking server {shown} ({where}): {problem}; start the server "
+                       "(README 'Tracking server (PostgreSQL)') or point the URI at one that runs, then run again")
 
 
 def experiment_id(pipeline: str, params: Params) -> str:
@@ -183,6 +213,17 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     if numeric:
         mlflow.log_metrics(numeric, step=step)
+
+
+def log_skipped_samples(stats_file: Path) -> None:
+    """The preprocess stage's `on_bad_sample: skip` count per split (`skipped_bad_<split>`) and the
+    skipped files (`preprocess/bad_samples.json`) in the active run, so a skip is never silent."""
+    stats = read_json(stats_file)
+    splits = {split: values for split, values in stats.items() if isinstance(values, dict) and "skipped_bad" in values}
+    log_metrics({f"skipped_bad_{split}": values["skipped_bad"] for split, values in splits.items()})
+    if any(values["skipped_bad"] for values in splits.values()):
+        mlflow.log_dict({split: values.get("bad_samples", []) for split, values in splits.items()},
+                        "preprocess/bad_samples.json")
 
 
 def primary_value(metrics: dict[str, Any], cfg: RegisterParams) -> float:

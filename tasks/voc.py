@@ -31,6 +31,7 @@ VOC_COLORMAP: tuple[tuple[int, int, int], ...] = (
 )
 VOID = 255
 VOID_RGB: tuple[int, int, int] = (224, 224, 192)
+MASK_HINT = "fix or remove the mask, or set segmentation.preprocess.on_bad_sample: skip"
 _UNKNOWN = 254  # marker in the RGB lookup table; never a class index, never VOID
 
 
@@ -86,6 +87,24 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
+def image_size(path: Path, hint: str) -> tuple[int, int]:
+    """(width, height) of an image after decoding all of it, cheaply: JPEGs are decoded at 1/8 scale
+    (PIL's draft mode still reads every byte, so a truncated or corrupt file is found). A missing or
+    undecodable file raises BadSampleError with `hint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadSampleError(path, "file not found", hint)
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        detail = str(exc).replace(str(path), path.name)
+        raise BadSampleError(path, f"cannot decode image ({type(exc).__name__}: {detail})", hint) from exc
+    return int(size[0]), int(size[1])
+
+
 @lru_cache(maxsize=1)
 def _rgb_to_label_table() -> np.ndarray:
     """2^24 lookup table: packed RGB → class index; VOID_RGB → 255; anything else → _UNKNOWN."""
@@ -113,17 +132,22 @@ def rgb_to_label(rgb: np.ndarray) -> tuple[np.ndarray, int]:
 def read_label_with_unknown(path: Path) -> tuple[np.ndarray, int]:
     """A segmentation label as uint8 (H, W) class indices, and how many pixels had an unknown value.
 
-    Palette ("P") and greyscale ("L") PNGs hold the indices directly; values that are neither a
-    class nor 255 become 0 and are counted. Other modes go through the colormap (`rgb_to_label`).
+    Palette ("P") and greyscale ("L") PNGs hold the indices directly: a value that is neither a class
+    (0..20) nor 255 is a damaged mask (BadSampleError), never silently background. Other modes go
+    through the colormap (`rgb_to_label`), where unknown colours become 0 and are counted, as the book does.
     """
     img = _open(path)
     if img.mode in ("P", "L"):
         label = np.array(img, dtype=np.uint8)
         unknown = (label >= len(VOC_CLASSES)) & (label != VOID)
-        count = int(unknown.sum())
-        if count:
-            label[unknown] = 0
-        return label, count
+        if unknown.any():
+            values = np.unique(label[unknown])
+            row, col = (int(i) for i in np.argwhere(unknown)[0])
+            shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+            raise BadSampleError(path, f"palette index {shown} in {int(unknown.sum())} pixels (first at row {row}, "
+                                       f"column {col}) is neither a class (0..{len(VOC_CLASSES) - 1}) nor void "
+                                       f"({VOID})", MASK_HINT)
+        return label, 0
     return rgb_to_label(np.asarray(img.convert("RGB")))
 
 

@@ -19,6 +19,7 @@ from tasks.voc import (
     VOC_XML_NAMES,
     VOID,
     VOID_RGB,
+    BadSampleError,
     read_ids,
     read_image,
     read_label,
@@ -99,12 +100,12 @@ def test_unknown_colours_become_background_and_are_counted(tmp_path: Path) -> No
     expected[0, :4] = 0
     expected[10, 10] = 0
     np.testing.assert_array_equal(got, expected)
-    # the in-memory mapping agrees, and a palette index outside 0..20 that is not 255 is unknown too
+    # the in-memory mapping agrees; a palette index outside 0..20 that is not 255 is a damaged mask, not background
     np.testing.assert_array_equal(rgb_to_label(rgb)[0], expected)
     odd_index = label.copy()
     odd_index[2, 2:5] = 30
-    got, unknown = read_label_with_unknown(_save_palette_png(odd_index, tmp_path / "p.png"))
-    assert unknown == 3 and (got[2, 2:5] == 0).all()
+    with pytest.raises(BadSampleError, match=r"p.png: palette index 30 in 3 pixels \(first at row 2, column 2\)"):
+        read_label_with_unknown(_save_palette_png(odd_index, tmp_path / "p.png"))
 
 
 def test_read_image_rgb_and_errors(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ inclusive pixel indices (xmin, ymin, xmax, ymax) map to (xmin - 1, ymin - 1, xma
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError
 
@@ -15,7 +16,7 @@ import pandas as pd
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import parse
 
-from tasks.voc import VOC_XML_NAMES, BadSampleError, read_ids, voc_root
+from tasks.voc import VOC_XML_NAMES, BadSampleError, image_size, read_ids, voc_root
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,12 @@ def _text(node: Element, tag: str, path: Path) -> str:
 def _number(node: Element, tag: str, path: Path) -> float:
     text = _text(node, tag, path)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise BadSampleError(path, f"<{tag}> is not a number: {text!r}", _HINT) from None
+    if not math.isfinite(value):
+        raise BadSampleError(path, f"<{tag}> is not a finite number: {text!r}", _HINT)
+    return value
 
 
 def parse_annotation(path: Path, image_id: str) -> list[dict]:
@@ -78,7 +82,9 @@ def parse_annotation(path: Path, image_id: str) -> list[dict]:
 
 def read_split(data_dir: Path, split: str, on_bad_sample: str) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     """(boxes, images, bad samples) for `ImageSets/Main/{split}.txt`. `images` lists every kept image
-    (also those without objects) with its size; bad files raise unless `on_bad_sample == "skip"`."""
+    (also those without objects) with its size; bad files raise unless `on_bad_sample == "skip"`.
+    Each JPEG is decoded once here (at 1/8 scale) and its size compared with the XML's `<size>`, so a
+    missing, truncated or mis-annotated image is found before training, never by the DataLoader."""
     root = voc_root(data_dir)
     rows, images, bad = [], [], []
     for image_id in read_ids(root, "Main", split):
@@ -86,6 +92,11 @@ def read_split(data_dir: Path, split: str, on_bad_sample: str) -> tuple[pd.DataF
         try:
             objects = parse_annotation(path, image_id)
             width, height = _size(path, objects)
+            jpg = root / "JPEGImages" / f"{image_id}.jpg"
+            found = image_size(jpg, _HINT)
+            if found != (width, height):
+                raise BadSampleError(path, f"<size> says {width}x{height} (WxH) but {jpg} is {found[0]}x{found[1]}",
+                                     _HINT)
         except BadSampleError as error:
             if on_bad_sample != "skip":
                 raise

@@ -28,6 +28,7 @@ from tasks.runtime import (
     figure_png,
     fingerprint,
     hash_tree,
+    save_torch,
     seed_everything,
     select_device,
 )
@@ -85,6 +86,7 @@ def train(params: Params) -> dict[str, Any]:
     With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
     MLflow and writes outputs and checkpoints."""
     out = _outputs(params)
+    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
     if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
         return summary
     cfg = params.detection
@@ -104,6 +106,9 @@ def train(params: Params) -> dict[str, Any]:
         with distributed.main_only(ctx, tracking.training_run(
                 PIPELINE, params, str(device), out["run"], params.path(cfg.preprocess.data_dir),
                 resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
+            if run:
+                tracking.log_skipped_samples(pre_dir / "stats.json")  # `on_bad_sample: skip` counts
+
             def on_epoch(record: dict) -> None:
                 tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
 
@@ -119,8 +124,7 @@ def train(params: Params) -> dict[str, Any]:
                 return {"rank": ctx.rank, "outputs": "written by rank 0"}
             # the rest were logged per epoch (a second, step-less value would break their series)
             tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("images_per_s", *tr.LOSSES)})
-            with atomic_path(out["model"]) as tmp:
-                torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
+            save_torch(out["model"], {k: v.cpu() for k, v in result.model.state_dict().items()}, "the trained weights")
             columns = ["epoch", "loss", *tr.LOSSES, "images_per_s"]
             write_text(out["history"], ",".join(columns) + "\n" + "".join(
                 ",".join(f"{h[c]:.6f}" if isinstance(h[c], float) else str(h[c]) for c in columns) + "\n"

@@ -25,6 +25,7 @@ from tasks.runtime import (
     figure_png,
     fingerprint,
     hash_tree,
+    save_torch,
     seed_everything,
     select_device,
 )
@@ -73,6 +74,7 @@ def train(params: Params) -> dict[str, Any]:
     With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
     MLflow and writes outputs and checkpoints."""
     out = _outputs(params)
+    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
     if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
         return summary
     cfg = params.segmentation
@@ -92,6 +94,9 @@ def train(params: Params) -> dict[str, Any]:
         with distributed.main_only(ctx, tracking.training_run(
                 PIPELINE, params, str(device), out["run"], params.path(cfg.data.dir),
                 resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
+            if run:
+                tracking.log_skipped_samples(pre_dir / "stats.json")  # `on_bad_sample: skip` counts
+
             def on_epoch(record: dict) -> None:
                 tracking.log_metrics({"train_loss": record["loss"],
                                       "train_pixel_accuracy": record["train_pixel_accuracy"],
@@ -111,8 +116,7 @@ def train(params: Params) -> dict[str, Any]:
             # the rest were logged per epoch (a second, step-less value would break their series)
             tracking.log_metrics({k: v for k, v in metrics.items()
                                   if k not in ("images_per_s", "train_pixel_accuracy")})
-            with atomic_path(out["model"]) as tmp:
-                torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
+            save_torch(out["model"], {k: v.cpu() for k, v in result.model.state_dict().items()}, "the trained weights")
             write_text(out["history"], "epoch,loss,train_pixel_accuracy,images_per_s\n" + "".join(
                 f"{h['epoch']},{h['loss']:.6f},{h['train_pixel_accuracy']:.6f},{h['images_per_s']:.3f}\n"
                 for h in history))
@@ -138,7 +142,8 @@ def colorize(label: np.ndarray) -> np.ndarray:
 def evaluate_split(model: torch.nn.Module, folder: Path, crop: tuple[int, int], modes: list[str], overlap: float,
                    batch_size: int, device: torch.device, keep: int = 0) -> tuple[dict, dict, list]:
     """Accumulate one confusion matrix per mode (and for the constant all-background predictor on
-    the centre crops); returns (confusions, scores, up to `keep` (image, prediction, truth) triples)."""
+    the centre crops); returns (confusions, scores, up to `keep` (image, prediction, truth) triples:
+    full images when `tiled` is a mode, else the centre crops)."""
     classes = len(VOC_CLASSES)
     confusions: dict[str, torch.Tensor] = {}
     examples: list = []
@@ -146,10 +151,19 @@ def evaluate_split(model: torch.nn.Module, folder: Path, crop: tuple[int, int], 
         dataset = SegmentationDataset(folder, crop, seed=0, train=False)
         center = torch.zeros(classes, classes, dtype=torch.int64)
         background = torch.zeros_like(center)
+        crop_examples = 0 if "tiled" in modes else keep
+        seen = 0
         for images, labels in DataLoader(dataset, batch_size=batch_size):
             predictions = model(images.to(device)).argmax(dim=1).cpu()
             center += confusion_matrix(predictions, labels, classes, VOID)
             background += confusion_matrix(torch.zeros_like(labels), labels, classes, VOID)
+            for prediction, label in zip(predictions, labels):
+                if len(examples) < crop_examples:
+                    top, left = dataset.box(seen)
+                    image = dataset.split.image(seen)[top: top + crop[0], left: left + crop[1]]
+                    examples.append((np.asarray(image), prediction.numpy().astype(np.uint8),
+                                     label.numpy().astype(np.uint8)))
+                seen += 1
         confusions["center_crop"], confusions["background"] = center, background
     if "tiled" in modes:
         split = load_split(folder)
@@ -166,12 +180,19 @@ def evaluate_split(model: torch.nn.Module, folder: Path, crop: tuple[int, int], 
 
 
 def predictions_figure(examples: list) -> bytes:
-    """image | prediction | ground truth, one row per example."""
+    """image | prediction | ground truth, one row per example (a figure saying so when there are none,
+    `figure_images: 0`: dvc.yaml declares the file, so it is always written)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not examples:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.text(0.5, 0.5, "no example images (segmentation.evaluate.figure_images: 0)", ha="center", va="center",
+                fontsize=8)
+        ax.axis("off")
+        return figure_png(fig)
     fig, axes = plt.subplots(len(examples), 3, figsize=(9, 2.6 * len(examples)), squeeze=False)
     for row, (image, prediction, truth) in zip(axes, examples):
         for ax, picture, title in zip(row, (image, colorize(prediction), colorize(truth)),
@@ -189,7 +210,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     device = select_device(params.device)
     model = load_model(params, device)
     crop = tuple(cfg.preprocess.crop_size)
-    keep = cfg.evaluate.figure_images if "tiled" in cfg.evaluate.modes else 0
+    keep = cfg.evaluate.figure_images
     confusions, scores, examples = evaluate_split(model, params.path(cfg.preprocess.out_dir) / "val", crop,
                                                   cfg.evaluate.modes, cfg.evaluate.tile_overlap,
                                                   cfg.evaluate.batch_size, device, keep)
@@ -213,16 +234,14 @@ def evaluate(params: Params) -> dict[str, Any]:
     out = _outputs(params)
     write_text(out["confusion"], rows.getvalue())
     write_json(out["per_class"], per_class)
-    if examples:
-        with atomic_path(out["figure"]) as tmp:
-            tmp.write_bytes(predictions_figure(examples))
+    with atomic_path(out["figure"]) as tmp:  # declared in dvc.yaml: written for every `modes`
+        tmp.write_bytes(predictions_figure(examples))
     write_json(out["metrics"], metrics)
     with tracking.reopened_run(PIPELINE, params, out["run"]):
         tracking.log_metrics(metrics)
         mlflow.log_dict(per_class, "evaluation/per_class_iou.json")
         mlflow.log_artifact(str(out["confusion"]), "evaluation")
-        if examples:
-            mlflow.log_artifact(str(out["figure"]), "evaluation")
+        mlflow.log_artifact(str(out["figure"]), "evaluation")
     return metrics
 
 

@@ -19,7 +19,7 @@ from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import DataError
 from tasks.params import Params
-from tasks.runtime import code_hash, fingerprint, hash_tree, seed_everything
+from tasks.runtime import code_hash, fingerprint, hash_tree, save_torch, seed_everything
 from tasks.synthetic.ptb import write_synthetic_ptb
 from tasks.word2vec import evaluate as ev
 from tasks.word2vec import preprocess as pp
@@ -88,6 +88,7 @@ def train(params: Params) -> dict[str, Any]:
     the per-epoch history (DVC plot) and the train metrics. With `distributed.*` asking for several
     processes it runs under torchrun; rank 0 alone logs to MLflow and writes outputs and checkpoints."""
     outputs = _train_outputs(params)
+    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
     if (summary := distributed.launch(params, PIPELINE, "train", outputs["metrics"])) is not None:
         return summary
     cfg = params.word2vec
@@ -124,8 +125,8 @@ def train(params: Params) -> dict[str, Any]:
             if not ctx.is_main:
                 return {"rank": ctx.rank, "outputs": "written by rank 0"}
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "center_words_per_s"})
-            with atomic_path(outputs["model"]) as tmp:
-                torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, tmp)
+            save_torch(outputs["model"], {k: v.cpu() for k, v in result.model.state_dict().items()},
+                       "the trained weights")
             write_text(outputs["history"], "epoch,loss,center_words_per_s,seconds\n" + "".join(
                 f"{h['epoch']},{h['loss']:.6f},{h['center_words_per_s']:.1f},{h['seconds']:.3f}\n" for h in history))
             write_json(outputs["metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
