@@ -332,8 +332,13 @@ def find_registration(client: MlflowClient, name: str, identity: dict[str, str])
         client.get_registered_model(name)
     except MlflowException:
         return None
-    versions = client.search_model_versions(f"name = '{name}'", max_results=10000)
-    found = [v for v in versions if all(v.tags.get(k) == value for k, value in identity.items())]
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        found += [v for v in page if all(v.tags.get(k) == value for k, value in identity.items())]
+        token = page.token
+        if not token:
+            break
     if not found:
         return None
     return client.get_model_version(name, min(found, key=lambda v: int(v.version)).version)  # with its aliases
@@ -353,7 +358,7 @@ def decide_alias(client: MlflowClient, version, value: float, cfg: RegisterParam
     """Champion when `value` beats the current champion's primary metric (or there is none, or the
     champion is this version already); else challenger. Call it under the registry lock."""
     champion, champion_value = _champion_value(client, cfg.model_name, cfg.primary_metric)
-    if champion == str(version.version):
+    if champion is not None and int(champion) == int(version.version):
         champion, champion_value = None, None
     better = champion_value is None or (value > champion_value if cfg.greater_is_better else value < champion_value)
     return {"alias": CHAMPION if better else CHALLENGER,
