@@ -207,3 +207,19 @@ def test_loader_builds_the_detector_and_predicts_as_the_pyfunc_does(tmp_path: Pa
     expected = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(images)
     assert loaded.pipeline == "detection" and len(expected) > 0
     pd.testing.assert_frame_equal(loaded.predict(images), expected)
+
+
+def test_the_run_summary_of_an_unchanged_run_claims_no_registration(word2vec_outputs) -> None:
+    from flows.pipeline import summary_markdown
+    from tasks.atomic import write_json
+
+    params, artifacts, run_file = word2vec_outputs
+    write_json(params.path(params.word2vec.train.out_dir) / "metrics.json", {"final_epoch_loss": 0.4})
+    write_json(params.path(params.word2vec.evaluate.out_dir) / "metrics.json", {"heldout_loss": 0.3})
+    _register(params, artifacts, run_file)
+    first, _ = summary_markdown("word2vec", params.root())
+    _register(params, artifacts, run_file)
+    text, summary = summary_markdown("word2vec", params.root())
+    assert first.splitlines()[0] == "# word2vec: registered word2vec version 1 as champion"
+    assert text.splitlines()[0] == "# word2vec: unchanged: word2vec version 1 is still champion"
+    assert "Nothing was registered" in text and summary["registration"]["status"] == "unchanged"
