@@ -67,24 +67,24 @@ def run_stages(repo: Path, pipeline: str) -> None:
 
 
 def summary_markdown(pipeline: str, root: Path) -> tuple[str, dict[str, Any]]:
-    """A markdown summary: evaluation and train metrics and the registration decision."""
+    """A markdown summary: evaluation and train metrics and what this run's register stage did
+    (outcome.json: registered a version, completed an interrupted one, or found it unchanged)."""
     params = load_params(root / "params.yaml")
     section = getattr(params, pipeline)
     metrics = read_json(params.path(section.evaluate.out_dir) / "metrics.json")
     train_metrics = read_json(params.path(section.train.out_dir) / "metrics.json")
     registered = read_json(params.path(section.register.out_dir) / "registered.json")
+    outcome = read_json(params.path(section.register.out_dir) / "outcome.json")
     rows = [f"| {key} | {value} |" for key, value in sorted({**train_metrics, **metrics}.items())]
-    text = "\n".join([
-        f"# {pipeline}: model `{registered['name']}` version {registered['version']} → `{registered['alias']}`",
-        "",
-        f"Primary metric `{registered['primary_metric']}` = {registered['primary_metric_value']}"
-        f" (previous champion: {registered['previous_champion_value']}); MLflow run `{registered['run_id']}`.",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *rows,
-    ])
-    return text, {"metrics": metrics, "train": train_metrics, "registered": registered}
+    headline = f"# {pipeline}: {outcome['message']}"
+    if outcome["status"] == "unchanged":
+        detail = (f"Nothing was registered: version {registered['version']} (MLflow run `{registered['run_id']}`) "
+                  f"holds these weights in {outcome['registry']}.")
+    else:
+        detail = (f"Primary metric `{registered['primary_metric']}` = {registered['primary_metric_value']} (previous "
+                  f"champion: {registered['previous_champion_value']}); MLflow run `{registered['run_id']}`.")
+    text = "\n".join([headline, "", detail, "", "| metric | value |", "|---|---|", *rows])
+    return text, {"metrics": metrics, "train": train_metrics, "registered": registered, "registration": outcome}
 
 
 @flow(name="d2lflow-pipeline")

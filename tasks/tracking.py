@@ -8,17 +8,23 @@ when set, else from params (`mlflow.tracking_uri`, an embedded SQLite file by de
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import signal
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import psutil
 import torch
+from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -36,6 +42,8 @@ CODE_PATHS = [str(Path(__file__).resolve().parents[1] / name) for name in ("task
 TAG = "d2lflow."
 OUT_MD5 = f"{TAG}out_md5."  # + an output path: its md5 in dvc.lock when the run was tagged
 CHAMPION, CHALLENGER = "champion", "challenger"
+PROCESS = f"{TAG}process"  # host:pid:start time of the process that has the run open
+COMPLETE = f"{TAG}registration_complete"  # on a version: decision, alias and tags all written
 
 
 def _absolute_sqlite(uri: str, root: Path) -> str:
@@ -157,6 +165,7 @@ def training_run(pipeline: str, params: Params, device: str, run_file: Path, dat
     `resume_run_id` (from a checkpoint) continues the interrupted run when the store still has it.
     Under DDP only rank 0 calls this; `world_size` (processes that trained) becomes a tag."""
     configure(params)
+    mark_dead_runs(experiment_id(pipeline, params))
     if resume_run_id:
         try:
             MlflowClient().get_run(resume_run_id)
@@ -164,7 +173,8 @@ def training_run(pipeline: str, params: Params, device: str, run_file: Path, dat
             resume_run_id = None
     start = ({"run_id": resume_run_id} if resume_run_id else
              {"experiment_id": experiment_id(pipeline, params), "run_name": run_name(pipeline, params)})
-    tags = {**lineage_tags(params, pipeline, device, locked=False), f"{TAG}world_size": str(world_size)}
+    tags = {**lineage_tags(params, pipeline, device, locked=False), f"{TAG}world_size": str(world_size),
+            PROCESS: process_tag()}
     with mlflow.start_run(**start, tags=tags, log_system_metrics=params.mlflow.system_metrics) as run:
         if not resume_run_id:
             mlflow.log_params(pipeline_params(params, pipeline))
@@ -186,23 +196,34 @@ def _log_dataset(params: Params, dataset_dir: Path) -> None:
 @contextmanager
 def reopened_run(pipeline: str, params: Params, run_file: Path) -> Iterator[mlflow.ActiveRun]:
     """Reopen the run the train stage started. If this tracking store does not have it (outputs
-    pulled from a DVC remote, another store), a new run is started and says so in a tag."""
+    pulled from a DVC remote, another store), the run an earlier stage started here for it (tag
+    `d2lflow.trained_in_run`) is reopened, else a new one is started with that tag. Runs of the
+    pipeline left RUNNING by a dead process are marked KILLED first."""
     configure(params)
+    experiment = experiment_id(pipeline, params)
+    mark_dead_runs(experiment)
     recorded = read_json(run_file)["run_id"] if run_file.is_file() else None
+    client = MlflowClient()
     if recorded is not None:
         try:
-            MlflowClient().get_run(recorded)
+            client.get_run(recorded)
         except MlflowException:
-            log.warning("run %s is not in %s; starting a new run for this model", recorded, mlflow.get_tracking_uri())
+            stand_ins = client.search_runs([experiment], f"tags.`{TAG}trained_in_run` = '{recorded}'",
+                                           order_by=["attributes.start_time DESC"], max_results=1)
+            if stand_ins:
+                with mlflow.start_run(run_id=stand_ins[0].info.run_id, tags={PROCESS: process_tag()}) as run:
+                    yield run
+                return
+            log.warning("run %s is not in %s; starting a new run for this model", recorded,
+                        public_uri(mlflow.get_tracking_uri()))
         else:
-            with mlflow.start_run(run_id=recorded) as run:
+            with mlflow.start_run(run_id=recorded, tags={PROCESS: process_tag()}) as run:
                 yield run
             return
-    tags = lineage_tags(params, pipeline)
+    tags = {**lineage_tags(params, pipeline), PROCESS: process_tag()}
     if recorded:
         tags[f"{TAG}trained_in_run"] = recorded
-    with mlflow.start_run(experiment_id=experiment_id(pipeline, params), run_name=run_name(pipeline, params),
-                          tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment, run_name=run_name(pipeline, params), tags=tags) as run:
         mlflow.log_params(pipeline_params(params, pipeline))
         yield run
 
@@ -237,6 +258,101 @@ def primary_value(metrics: dict[str, Any], cfg: RegisterParams) -> float:
     return float(value)
 
 
+# ----------------------------------------------------------------------------- dead runs
+
+def process_tag() -> str:
+    """`host:pid:start time` of this process: lets a later stage tell a live run from one whose process died."""
+    me = psutil.Process()
+    return f"{socket.gethostname()}:{me.pid}:{me.create_time():.2f}"
+
+
+def _process_alive(owner: str) -> bool:
+    """Whether the process a run's `d2lflow.process` tag names still runs. Another host's process
+    cannot be checked from here and counts as alive (its run is left alone)."""
+    host, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def mark_dead_runs(experiment: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `experiment` whose process (on this host) has died, e.g. a
+    stage killed by SIGKILL or a lost machine; returns their ids. Runs without the tag are left alone."""
+    client = MlflowClient()
+    dead = []
+    for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=1000):
+        owner = run.data.tags.get(PROCESS)
+        if owner and not _process_alive(owner):
+            client.set_tag(run.info.run_id, f"{TAG}killed", f"process {owner} died while the run was open")
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("run %s was left RUNNING by process %s, which died; marked KILLED", run.info.run_id, owner)
+            dead.append(run.info.run_id)
+    return dead
+
+
+# ----------------------------------------------------------------------------- registration
+
+def test_hook(point: str) -> None:
+    """Deterministic crash and pause points for the registration tests (tests/test_registration.py),
+    inert unless their variable is set: `D2LFLOW_TEST_KILL_AT=point` makes this process SIGKILL itself
+    at `point`; `D2LFLOW_TEST_PAUSE_AT=point:PATH` creates `PATH.reached` and waits until PATH exists."""
+    if os.environ.get("D2LFLOW_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+    at, _, path = os.environ.get("D2LFLOW_TEST_PAUSE_AT", "").partition(":")
+    if at == point and path:
+        Path(f"{path}.reached").touch()
+        while not Path(path).exists():
+            time.sleep(0.05)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def public_uri(uri: str) -> str:
+    """A store URI without its password, fit for files and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+@contextmanager
+def registry_lock(registry_uri: str, timeout: float) -> Iterator[Path]:
+    """An OS file lock keyed by the registry URI, in the user's cache dir: the find-or-create of a
+    version and the champion/challenger decision of every d2lflow process on this machine that
+    registers into that registry run one at a time. It cannot order processes on other machines."""
+    from tasks.acquire import cache_dir
+
+    key = hashlib.sha256(registry_uri.encode()).hexdigest()[:16]
+    path = cache_dir() / "locks" / f"registry-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for the registry lock %s (another registration into %s)", path, public_uri(registry_uri))
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise D2lflowError(f"{path}: another d2lflow process has been registering into "
+                               f"{public_uri(registry_uri)} for over {timeout:.0f} s (dvc.lock_timeout_seconds); "
+                               "wait for it to finish and run again") from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
 def _champion_value(client: MlflowClient, name: str, metric: str) -> tuple[str | None, float | None]:
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
@@ -249,51 +365,168 @@ def _champion_value(client: MlflowClient, name: str, metric: str) -> tuple[str |
     return version.version, run_metrics.get(metric)
 
 
-def register_version(model_uri: str, run_id: str, metrics: dict[str, Any], cfg: RegisterParams) -> dict[str, Any]:
-    """Register `model_uri` as a new version of `cfg.model_name`. The alias `champion` moves to it
-    only when its primary metric beats the champion's; otherwise it gets `challenger`."""
-    value = primary_value(metrics, cfg)
-    client = MlflowClient()
-    version = mlflow.register_model(model_uri, cfg.model_name, tags={
-        f"{TAG}primary_metric": cfg.primary_metric,
-        f"{TAG}primary_metric_value": repr(value),
-        f"{TAG}run_id": run_id,
-    })
+def find_registration(client: MlflowClient, name: str, identity: dict[str, str]):
+    """The version of `name` whose tags carry `identity` (the weights' sha256 and the training run's
+    id), or None: what makes a repeated or resumed registration find its own version again."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return None
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        found += [v for v in page if all(v.tags.get(k) == value for k, value in identity.items())]
+        token = page.token
+        if not token:
+            break
+    if not found:
+        return None
+    return client.get_model_version(name, min(found, key=lambda v: int(v.version)).version)  # with its aliases
+
+
+def _logged_model(client: MlflowClient, run_id: str, identity: dict[str, str]):
+    """A model a killed earlier attempt already logged to this run (READY, same identity), or None."""
+    run = client.get_run(run_id)
+    for model in client.search_logged_models(experiment_ids=[run.info.experiment_id], max_results=1000):
+        if (model.source_run_id == run_id and str(model.status).endswith("READY")
+                and all(model.tags.get(k) == value for k, value in identity.items())):
+            return model
+    return None
+
+
+def decide_alias(client: MlflowClient, version, value: float, cfg: RegisterParams) -> dict[str, Any]:
+    """Champion when `value` beats the current champion's primary metric (or there is none, or the
+    champion is this version already); else challenger. Call it under the registry lock."""
     champion, champion_value = _champion_value(client, cfg.model_name, cfg.primary_metric)
+    if champion is not None and int(champion) == int(version.version):
+        champion, champion_value = None, None
     better = champion_value is None or (value > champion_value if cfg.greater_is_better else value < champion_value)
-    alias = CHAMPION if better else CHALLENGER
-    client.set_registered_model_alias(cfg.model_name, alias, version.version)
-    log.info("registered %s version %s (%s %s=%.6g, champion was %s)", cfg.model_name, version.version, alias,
-             cfg.primary_metric, value, champion_value)
+    return {"alias": CHAMPION if better else CHALLENGER,
+            "previous_champion_version": None if champion is None else int(champion),
+            "previous_champion_value": champion_value}
+
+
+def registration_record(version, registry_uri: str) -> dict[str, Any]:
+    """registered.json: the registration as its version's tags recorded it, so a repeated run writes
+    the same bytes; `registry` says which store holds it."""
+    tags = version.tags
+    previous = tags.get(f"{TAG}previous_champion_version")
+    previous_value = tags.get(f"{TAG}previous_champion_value")
     return {
-        "name": cfg.model_name,
+        "name": version.name,
         "version": int(version.version),
-        "run_id": run_id,
-        "alias": alias,
-        "primary_metric": cfg.primary_metric,
-        "primary_metric_value": value,
-        "previous_champion_version": None if champion is None else int(champion),
-        "previous_champion_value": champion_value,
+        "run_id": version.run_id,
+        "alias": tags.get(f"{TAG}decision"),
+        "primary_metric": tags.get(f"{TAG}primary_metric"),
+        "primary_metric_value": float(tags[f"{TAG}primary_metric_value"]),
+        "previous_champion_version": int(previous) if previous else None,
+        "previous_champion_value": float(previous_value) if previous_value else None,
+        "weights_sha256": tags.get(f"{TAG}sha256.weights"),
+        "registry": public_uri(registry_uri),
     }
+
+
+def _unchanged_message(client: MlflowClient, version) -> str:
+    aliases = sorted(version.aliases or [], key=lambda a: a != CHAMPION)
+    if aliases:
+        return f"unchanged: {version.name} version {version.version} is still {' and '.join(aliases)}"
+    champion, _ = _champion_value(client, version.name, "")
+    now = f"champion is version {champion}" if champion else "no champion"
+    return f"unchanged: {version.name} version {version.version} is registered already (no alias now; {now})"
+
+
+def register_version(model_uri: str, run_id: str, metrics: dict[str, Any], cfg: RegisterParams,
+                     identity: dict[str, str] | None = None, files: dict[str, tuple[str, str]] | None = None):
+    """Create a version of `cfg.model_name` for `model_uri` with its identity (weights sha256 and
+    training run) and the loader's file names and hashes as tags (one call: the store writes the
+    version and its tags together). Returns the version; the alias is set by `complete_registration`."""
+    value = primary_value(metrics, cfg)
+    tags = {f"{TAG}primary_metric": cfg.primary_metric, f"{TAG}primary_metric_value": repr(value),
+            f"{TAG}run_id": run_id, **(identity or {})}
+    for key, (name, digest) in (files or {}).items():
+        tags[f"{TAG}file.{key}"] = name
+        tags[f"{TAG}sha256.{key}"] = digest
+    return mlflow.register_model(model_uri, cfg.model_name, tags=tags)
+
+
+def complete_registration(client: MlflowClient, version, value: float, cfg: RegisterParams):
+    """Decide the alias, record the decision on the version, set the alias, then mark the version
+    complete (the last step: a version without the mark is resumed by the next run)."""
+    decision = decide_alias(client, version, value, cfg)
+    for key in ("previous_champion_version", "previous_champion_value"):
+        client.set_model_version_tag(cfg.model_name, version.version, f"{TAG}{key}",
+                                     "" if decision[key] is None else repr(decision[key]))
+    client.set_model_version_tag(cfg.model_name, version.version, f"{TAG}decision", decision["alias"])
+    test_hook("before_alias")
+    client.set_registered_model_alias(cfg.model_name, decision["alias"], version.version)
+    client.set_model_version_tag(cfg.model_name, version.version, COMPLETE, "true")
+    log.info("registered %s version %s (%s %s=%.6g, champion was %s)", cfg.model_name, version.version,
+             decision["alias"], cfg.primary_metric, value, decision["previous_champion_value"])
+    return client.get_model_version(cfg.model_name, version.version)
 
 
 def log_and_register(pipeline: str, params: Params, cfg: RegisterParams, run_file: Path, metrics: dict[str, Any],
                      python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str], signature,
                      input_example: Any) -> dict[str, Any]:
-    """The register stage of every pipeline: check the primary metric first (nothing is logged for
-    a bad one), then in the pipeline's run refresh the lineage tags, snapshot params.yaml, log the
-    model as a pyfunc (state_dict + loader, no pickled torch objects) and register it."""
-    primary_value(metrics, cfg)
-    versions = library_versions()
-    with reopened_run(pipeline, params, run_file) as run:
-        mlflow.set_tags(lineage_tags(params, pipeline))
+    """The register stage of every pipeline, idempotent and resumable. The primary metric is checked
+    first (nothing is logged for a bad one). Then, under the registry lock: a version of the same
+    weights and training run that is complete means "unchanged" (nothing is logged or registered);
+    otherwise, in the pipeline's run, the model is logged (or a READY one a killed attempt logged is
+    reused), the version is created (or the one a killed attempt created is found again), the alias is
+    decided and set, and the version is marked complete. Writes registered.json (the registration, from
+    the version's tags) and outcome.json (what this run did); returns both merged."""
+    value = primary_value(metrics, cfg)
+    configure(params)
+    registry = mlflow.get_registry_uri()
+    client = MlflowClient()
+    files = {key: (Path(path).name, sha256_file(Path(path))) for key, path in artifacts.items()}
+    recorded = read_json(run_file)["run_id"] if run_file.is_file() else ""
+    identity = {f"{TAG}sha256.weights": files["weights"][1], f"{TAG}trained_in_run": recorded,
+                f"{TAG}pipeline": pipeline}
+    mark_dead_runs(experiment_id(pipeline, params))
+    with registry_lock(registry, params.dvc.lock_timeout_seconds):
+        version = find_registration(client, cfg.model_name, identity)
+        if version is not None and version.tags.get(COMPLETE) == "true":
+            status, message = "unchanged", _unchanged_message(client, version)
+        else:
+            status = "registered" if version is None else "resumed"
+            with reopened_run(pipeline, params, run_file) as run:
+                mlflow.set_tags(lineage_tags(params, pipeline))
+                if cfg.primary_metric not in client.get_run(run.info.run_id).data.metrics:
+                    log_metrics(metrics)  # a run this store did not have: evaluate's metrics come with the model
+                if version is None:
+                    version = _log_and_create(run.info.run_id, params, cfg, metrics, python_model, artifacts,
+                                              signature, input_example, identity, files)
+                version = complete_registration(client, version, value, cfg)
+            message = (f"{'registered' if status == 'registered' else 'completed the registration of'} "
+                       f"{version.name} version {version.version} as {version.tags[f'{TAG}decision']}")
+    log.info("%s in %s", message, public_uri(registry))
+    record = registration_record(version, registry)
+    out = params.path(cfg.out_dir)
+    write_json(out / "registered.json", record)
+    outcome = {"status": status, "message": message, "version": record["version"],
+               "aliases": sorted(version.aliases or []), "registry": record["registry"]}
+    write_json(out / "outcome.json", outcome)
+    return {**record, "outcome": status, "message": message}
+
+
+def _log_and_create(run_id: str, params: Params, cfg: RegisterParams, metrics: dict[str, Any],
+                    python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str], signature,
+                    input_example: Any, identity: dict[str, str], files: dict[str, tuple[str, str]]):
+    """Log the model as a pyfunc (for `mlflow models serve`: it carries its own code) unless this
+    run has it already, then create its version."""
+    client = MlflowClient()
+    logged = _logged_model(client, run_id, identity)
+    if logged is None:
         mlflow.log_artifact(str(params.root() / "params.yaml"), "lineage")
-        info = mlflow.pyfunc.log_model(
+        versions = library_versions()
+        logged = mlflow.pyfunc.log_model(
             name="model", python_model=python_model, artifacts=artifacts, code_paths=CODE_PATHS,
-            signature=signature, input_example=input_example,
+            signature=signature, input_example=input_example, tags=identity,
             pip_requirements=[f"{name}=={versions[name]}" for name in ("mlflow", "torch", "torchvision", "numpy",
                                                                       "pandas") if name in versions],
         )
-        registered = register_version(info.model_uri, run.info.run_id, metrics, cfg)
-    write_json(params.path(cfg.out_dir) / "registered.json", registered)
-    return registered
+    test_hook("after_model_logged")
+    version = register_version(logged.model_uri, run_id, metrics, cfg, identity, files)
+    test_hook("after_version_created")
+    return version

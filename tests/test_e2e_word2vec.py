@@ -79,8 +79,15 @@ def test_dvc_repro_trains_evaluates_and_registers_with_lineage(repo_copy: Path) 
     assert torch.equal(torch.from_numpy(vectors[0]), weights[vocab.index("chip")])
     assert torch.equal(torch.from_numpy(vectors[1]), weights[0])  # unknown words are <unk>
 
+    registered_bytes = (root / "artifacts/word2vec/register/registered.json").read_bytes()
     again = run(root, DVC, "repro", "word2vec_register")
-    assert "Data and pipelines are up to date." in again.stdout + again.stderr
+    for stage in ("word2vec_preprocess", "word2vec_train", "word2vec_evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout + again.stderr
+    # register always runs (it checks the configured registry) and finds the same version: nothing new
+    assert read(root, "artifacts/word2vec/register/outcome.json")["message"] == \
+        "unchanged: word2vec version 1 is still champion"
+    assert (root / "artifacts/word2vec/register/registered.json").read_bytes() == registered_bytes
+    assert len(client.search_model_versions("name = 'word2vec'")) == 1
     shown = json.loads(run(root, DVC, "metrics", "show", "--json").stdout)
     assert json.dumps(shown).count("heldout_loss") >= 1
     run(root, DVC, "params", "diff")

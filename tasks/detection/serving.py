@@ -1,7 +1,11 @@
 """The registered detector: uint8 RGB images (N,H,W,3) in, one row per detected box out.
 
-It loads a state_dict (`torch.load(weights_only=True)`) into `models.detection.build_detector`, so
-loading a model never unpickles arbitrary objects.
+Its `load_context` reads a state_dict (`torch.load(weights_only=True)`) into
+`models.detection.build_from_config` and the JSON config.
+The pyfunc is for `mlflow models serve` and `mlflow.pyfunc.load_model`, which unpickle
+`python_model.pkl` (cloudpickle) and import the `code/` bundled in the artifact: they run code from the
+artifact store, so use them only with a registry you trust. `d2lflow.load("fasterrcnn-voc@champion")` (tasks/loader.py)
+builds this class from the installed code and hash-checked files instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """The registered FCN: uint8 RGB images (N,H,W,3) in, class maps (N,H,W) out, by tiled prediction.
 
-It loads a state_dict (`torch.load(weights_only=True)`) into `models.fcn.build_fcn`, so loading a
-model never unpickles arbitrary objects.
+Its `load_context` reads a state_dict (`torch.load(weights_only=True)`) into `models.fcn.build_fcn`
+and the JSON config.
+The pyfunc is for `mlflow models serve` and `mlflow.pyfunc.load_model`, which unpickle
+`python_model.pkl` (cloudpickle) and import the `code/` bundled in the artifact: they run code from the
+artifact store, so use them only with a registry you trust. `d2lflow.load("fcn-voc@champion")` (tasks/loader.py)
+builds this class from the installed code and hash-checked files instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """The registered word2vec model: words in, center embeddings out (an MLflow pyfunc).
 
-It loads a state_dict (`torch.load(weights_only=True)`) and the vocabulary, so loading a model
-never unpickles arbitrary objects. Unknown words map to `<unk>` (index 0), as in training.
+Its `load_context` reads a state_dict (`torch.load(weights_only=True)`) and the vocabulary (JSON).
+Unknown words map to `<unk>` (index 0), as in training.
+The pyfunc is for `mlflow models serve` and `mlflow.pyfunc.load_model`, which unpickle
+`python_model.pkl` (cloudpickle) and import the `code/` bundled in the artifact: they run code from the
+artifact store, so use them only with a registry you trust. `d2lflow.load("word2vec@champion")` (tasks/loader.py)
+builds this class from the installed code and hash-checked files instead.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from models.skipgram import SkipGram
 from tasks import distributed, tracking
 from tasks.acquire import Staging
 from tasks.acquire import acquire as acquire_data
-from tasks.atomic import atomic_path, read_json, write_json, write_text
+from tasks.atomic import read_json, write_json, write_text
 from tasks.errors import DataError
 from tasks.params import Params
 from tasks.runtime import code_hash, fingerprint, hash_tree, save_torch, seed_everything
