@@ -1,7 +1,7 @@
 """The detection chain end to end on synthetic VOC: the Prefect flow runs every DVC stage (`dvc repro
 --single-item` per stage), a short CPU run of Faster R-CNN from scratch finds the objects (mAP@0.5 well
 above zero), the model registers with lineage and loads back by alias, and its served predictions score
-exactly what the evaluate stage measured; afterwards `dvc repro` has nothing to do."""
+exactly what the evaluate stage measured; afterwards `dvc repro` retrains nothing and registers nothing new."""
 
 from __future__ import annotations
 
@@ -94,4 +94,8 @@ def test_prefect_flow_trains_a_detector_that_finds_the_objects_and_registers_it(
     assert served == pytest.approx(metrics["map_50"], abs=1e-6)
 
     again = run(root, str(BIN / "dvc"), "repro", "detection_register")
-    assert "Data and pipelines are up to date." in again.stdout + again.stderr
+    for stage in ("detection_preprocess", "detection_train", "detection_evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout + again.stderr
+    # register always runs (it checks the configured registry) and finds the same version: nothing new
+    outcome = json.loads((root / "artifacts/detection/register/outcome.json").read_text())
+    assert outcome["message"] == "unchanged: fasterrcnn-voc version 1 is still champion"
