@@ -338,7 +338,10 @@ def test_two_gloo_processes_train_word2vec_like_one_and_only_rank_0_logs_and_wri
     assert json.loads(again.stdout)["resumed_from_epoch"] == 3
     resumed = torch.load(root / "artifacts/word2vec/train/model.pt", weights_only=True)
     assert all(torch.equal(resumed[k], ddp_weights[k]) for k in resumed)
-    assert len(_runs(root, "ddp.db")) == 1  # the checkpoint's run was continued
+    runs = {r.info.run_id: r for r in _runs(root, "ddp.db")}
+    assert len(runs) == 2  # the checkpoint's run had finished: this training got its own run
+    (newer,) = (r for r in runs.values() if r.info.run_id != ddp_run.info.run_id)
+    assert newer.data.tags["d2lflow.resumed_checkpoint_of_run"] == ddp_run.info.run_id
 
 
 @pytest.mark.slow
