@@ -54,7 +54,9 @@ def _absolute_sqlite(uri: str, root: Path) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str((root / uri[len(prefix):]).resolve())
-    if uri and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) and not Path(uri).expanduser().is_absolute():
+    # MLflow's scheme-less names for Databricks are URIs, not folders
+    has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) or uri in ("databricks", "databricks-uc", "uc")
+    if uri and not has_scheme and not Path(uri).expanduser().is_absolute():
         return str((root / uri).resolve())
     return uri
 

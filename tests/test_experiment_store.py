@@ -55,6 +55,16 @@ def test_outside_an_experiment_relative_stores_resolve_against_the_params_file(e
     assert tracking.configure(load_params(executor / "params.yaml")) == f"sqlite:///{(executor / 'other.db').resolve()}"
 
 
+def test_store_uris_with_a_scheme_stay_as_they_are(executor: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DVC_ROOT", str(executor.parent))
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lr")
+    for uri in ("http://127.0.0.1:5000", "postgresql://u@127.0.0.1/db", "databricks", f"sqlite:///{executor}/a.db"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert tracking.configure(load_params(executor / "params.yaml")) == uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")  # a file store folder, relative
+    assert tracking.configure(load_params(executor / "params.yaml")) == str(executor.parent.resolve() / "mlruns")
+
+
 def test_a_checkpoint_of_a_finished_run_gets_a_new_run_and_an_interrupted_one_continues(executor: Path):
     set_params(executor / "params.yaml", ["mlflow.system_metrics=false"])
     params = load_params(executor / "params.yaml")
