@@ -4,7 +4,10 @@
   d2lflow acquire                                          every pipeline's raw data, then `dvc add data`
 
 `-S` edits params.yaml in place (validated first), like `dvc exp run -S`, so what ran is what the
-commit records. Errors print one message naming what was wrong and exit 2.
+commit records. It is applied only once this run holds the repository lock (a run started while another
+is in progress waits for it, up to `dvc.lock_timeout_seconds`, then refuses), and the lock is held until
+the summary is read, so the params a model was trained with are the ones params.yaml and dvc.lock show.
+Errors print one message naming what was wrong and exit 2.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 from tasks.cli import PIPELINES, acquire_and_version, quiet_environment, setup_logging
+from tasks.dvc_repo import repo_lock
 from tasks.errors import D2lflowError, filesystem_error
 from tasks.params import load_params, set_params
 
@@ -47,19 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "acquire":
             summary = acquire_and_version(root)
         else:
-            if args.overrides:
-                set_params(root / "params.yaml", args.overrides)
             load_params(root / "params.yaml")  # a bad params file fails before anything runs
-            from flows.pipeline import check_tracking
+            purpose = f"d2lflow run {args.pipeline}{' --no-prefect' if args.no_prefect else ''}"
+            with repo_lock(root, purpose):  # reentrant: the flow and each `dvc repro` take it again
+                if args.overrides:
+                    set_params(root / "params.yaml", args.overrides)
+                from flows.pipeline import check_tracking
 
-            check_tracking(root)  # so does a tracking server that does not answer, even if every stage is cached
-            if args.no_prefect:
-                summary = _run_without_prefect(args.pipeline, root, acquire=not args.skip_acquire)
-            else:
-                _prefect_defaults(root)
-                from flows.pipeline import pipeline_flow
+                check_tracking(root)  # a tracking server that does not answer fails here, even if every stage is cached
+                if args.no_prefect:
+                    summary = _run_without_prefect(args.pipeline, root, acquire=not args.skip_acquire)
+                else:
+                    _prefect_defaults(root)
+                    from flows.pipeline import pipeline_flow
 
-                summary = pipeline_flow(args.pipeline, str(root), acquire=not args.skip_acquire)
+                    summary = pipeline_flow(args.pipeline, str(root), acquire=not args.skip_acquire)
     except (D2lflowError, OSError) as caught:  # a refused write (read-only, full disk) is the user's too
         error = caught if isinstance(caught, D2lflowError) else filesystem_error(caught)
         if error is None:
@@ -72,14 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_without_prefect(pipeline: str, root: Path, acquire: bool) -> dict:
     from flows.pipeline import dvc_stages, run_dvc, summary_markdown
-    from tasks.dvc_repo import repo_lock
 
     with repo_lock(root, f"d2lflow run {pipeline} --no-prefect"):
         if acquire:
             acquire_and_version(root)
         for stage in dvc_stages(root, pipeline):
             print(run_dvc(root, "repro", "--single-item", stage), file=sys.stderr)
-    return summary_markdown(pipeline, root)[1]
+        return summary_markdown(pipeline, root)[1]  # read under the lock: this run's outputs, not the next one's
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def pipeline_flow(pipeline: str = "word2vec", root: str = ".", acquire: bool = T
         if acquire:
             acquire_task(str(repo))
         run_stages(repo, pipeline)
-    text, summary = summary_markdown(pipeline, repo)
+        text, summary = summary_markdown(pipeline, repo)  # under the lock: this run's outputs
     create_markdown_artifact(markdown=text, key=f"{pipeline}-summary", description=f"{pipeline} run summary")
     get_run_logger().info("%s", text.splitlines()[0])
     return summary

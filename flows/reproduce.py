@@ -129,6 +129,22 @@ def commit_exists(root: Path, commit: str) -> bool:
     return _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode == 0
 
 
+def experiment_commit(root: Path, run_id: str, tags: dict[str, str]) -> str | None:
+    """The commit of the DVC experiment a run was trained in (`dvc exp run`, `--temp`, `--queue`):
+    its ref refs/exps/BA/SELINE.../NAME, from the experiment's name and baseline the run recorded.
+    None for a run outside an experiment."""
+    name, baseline = tags.get(f"{TAG}dvc_exp_name"), tags.get(f"{TAG}dvc_exp_baseline")
+    if not name or not baseline:
+        return None
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+    found = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if found.returncode != 0:
+        raise D2lflowError(f"run {run_id} was trained in DVC experiment {name!r} on {baseline[:8]}, but {root} has no "
+                           f"experiment ref {ref}; `dvc exp pull REMOTE {name}` it, or run from the repository that "
+                           "ran the experiment (`dvc exp list` shows what it has)")
+    return found.stdout.strip()
+
+
 def target_from_run(run: Run, root: Path, label: str) -> Target:
     """Check the run's lineage tags (a clean, known commit in this repository, a data hash) and
     collect its metrics, params and output md5s. Refuses with what to do instead."""
@@ -142,7 +158,10 @@ def target_from_run(run: Run, root: Path, label: str) -> Target:
     if commit == lineage.UNKNOWN:
         raise D2lflowError(f"run {run_id} was trained outside a git checkout (commit 'unknown'); it cannot be "
                            "rebuilt from a commit. Train from a git clone, or use --rev GITREV --pipeline P")
-    if tags.get(f"{TAG}git_dirty", "true") != "false":
+    experiment = experiment_commit(root, run_id, tags)
+    if experiment:  # DVC committed the experiment's whole workspace (its params included) after its stages ran
+        commit = experiment
+    elif tags.get(f"{TAG}git_dirty", "true") != "false":
         files = tags.get(f"{TAG}git_dirty_files", "unknown files")
         raise D2lflowError(f"run {run_id} was trained from uncommitted changes on top of {commit[:8]} ({files}); "
                            "that code is not in any commit. Commit the changes and train again, or reproduce "

@@ -18,6 +18,7 @@ is the plain one, bit for bit.
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
 import os
 import re
@@ -87,8 +88,33 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def loopback_environment(params: Params) -> dict[str, str]:
+    """With `master_addr` on loopback, gloo's and NCCL's own sockets on the loopback interface too
+    (each picks the host's network interface by default); a user's own *_SOCKET_IFNAME wins."""
+    if not is_loopback(params.distributed.master_addr):
+        return {}
+    import psutil
+
+    addresses = {info[4][0] for info in socket.getaddrinfo(params.distributed.master_addr, None)}
+    names = [name for name, found in psutil.net_if_addrs().items() if any(a.address in addresses for a in found)]
+    if not names:
+        return {}
+    return {key: os.environ.get(key, names[0]) for key in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+
+
 def torchrun_command(params: Params, pipeline: str, stage: str) -> list[str]:
-    """`python -m torch.distributed.run ... -m tasks PIPELINE STAGE --params FILE` as an argument list."""
+    """`python -m tasks.distributed ... -m tasks PIPELINE STAGE --params FILE` as an argument list:
+    torchrun (`torch.distributed.run`, same arguments) whose rendezvous store listens on a loopback
+    `master_addr` only (see `torchrun_main`)."""
     cfg = params.distributed
     port = cfg.master_port
     if port is None:
@@ -97,7 +123,7 @@ def torchrun_command(params: Params, pipeline: str, stage: str) -> list[str]:
                                f"{cfg.nnodes}; set it to a free port on rank 0's host ({cfg.master_addr}), the same "
                                "on every node")
         port = _free_port(cfg.master_addr)
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={cfg.nnodes}",
+    return [sys.executable, "-m", "tasks.distributed", f"--nnodes={cfg.nnodes}",
             f"--nproc-per-node={cfg.nproc_per_node}", f"--node-rank={cfg.node_rank}",
             f"--master-addr={cfg.master_addr}", f"--master-port={port}",
             "-m", "tasks", pipeline, stage, "--params", str(params.source())]
@@ -115,8 +141,9 @@ def launch(params: Params, pipeline: str, stage: str, summary: Path) -> dict[str
     log.info("%s %s: %d processes (%d per node, node %d of %d) through torchrun", pipeline, stage, cfg.world_size,
              cfg.nproc_per_node, cfg.node_rank, cfg.nnodes)
     tail: deque[str] = deque(maxlen=400)
+    env = {**os.environ, **loopback_environment(params)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace") as proc:
+                          errors="replace", env=env) as proc:
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -284,3 +311,39 @@ def load_shared_checkpoint(path: Path, fingerprint: str, ctx: Context) -> dict[s
               else torch.empty(int(size), dtype=torch.uint8, device=ctx.device))
     dist.broadcast(buffer, src=0)
     return load_checkpoint(path, fingerprint, io.BytesIO(buffer.cpu().numpy().tobytes()))
+
+
+def _loopback_rendezvous() -> type:
+    """torchrun's static rendezvous, except that on a loopback `master_addr` its store server listens
+    on that address only: torch's TCPStore server listens on every interface (`*:PORT`), which would
+    let any host on the network talk to the training processes' store."""
+    from datetime import timedelta
+
+    from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import StaticTCPRendezvous
+
+    class LoopbackStaticRendezvous(StaticTCPRendezvous):
+        def next_rendezvous(self):  # noqa: ANN202 (torch's RendezvousInfo)
+            if self._store is None and self.rank == 0 and is_loopback(self.master_addr):
+                family = socket.getaddrinfo(self.master_addr, self.master_port, type=socket.SOCK_STREAM)[0][0]
+                listener = socket.create_server((self.master_addr, self.master_port), family=family)
+                timeout = self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=self.timeout)
+                self._store = dist.TCPStore(self.master_addr, self.master_port, self.world_size, True, timeout,
+                                            multi_tenant=True, master_listen_fd=listener.detach())
+            return super().next_rendezvous()
+
+    return LoopbackStaticRendezvous
+
+
+def torchrun_main(argv: list[str]) -> None:
+    """`torch.distributed.run` (torchrun) with `argv`, its static rendezvous bound to a loopback
+    master_addr (a non-loopback master_addr is the user's choice: torch's store then listens on every
+    interface, as torchrun's does)."""
+    from torch.distributed import run
+    from torch.distributed.elastic.rendezvous import static_tcp_rendezvous
+
+    static_tcp_rendezvous.StaticTCPRendezvous = _loopback_rendezvous()  # what torchrun's "static" handler builds
+    run.main(argv)
+
+
+if __name__ == "__main__":
+    torchrun_main(sys.argv[1:])

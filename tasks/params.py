@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from tasks.atomic import write_text
 from tasks.errors import ParamsError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -397,7 +398,8 @@ def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, A
 def set_params(path: Path | str, overrides: list[str]) -> None:
     """Apply `key.sub=value` overrides to params.yaml in place (comments kept), like `dvc exp run -S`.
 
-    The result is validated before it is written, so a bad override leaves the file untouched.
+    The result is validated before it is written, so a bad override leaves the file untouched; it is
+    written through a uniquely named temporary file and renamed, so concurrent calls never collide.
     """
     from ruamel.yaml import YAML
     from ruamel.yaml.representer import RoundTripRepresenter
@@ -429,6 +431,4 @@ def set_params(path: Path | str, overrides: list[str]) -> None:
     buffer = io.StringIO()
     rt.dump(document, buffer)
     parse_params(yaml.safe_load(buffer.getvalue()), path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    tmp.replace(path)
+    write_text(path, buffer.getvalue())

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import time
@@ -46,21 +47,46 @@ PROCESS = f"{TAG}process"  # host:pid:start time of the process that has the run
 COMPLETE = f"{TAG}registration_complete"  # on a version: decision, alias and tags all written
 
 
+def store_root(params: Params) -> Path:
+    """The repository relative MLflow store paths resolve against: the one the user ran from. DVC runs
+    an experiment's stages (`dvc exp run --temp`, `--queue`) in a temporary copy it deletes afterwards,
+    and names the user's repository in DVC_ROOT (with DVC_EXP_NAME / DVC_EXP_BASELINE_REV set)."""
+    in_experiment = os.environ.get("DVC_EXP_NAME") or os.environ.get("DVC_EXP_BASELINE_REV")
+    if in_experiment and os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).is_dir():
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    return params.root()
+
+
 def _absolute_sqlite(uri: str, root: Path) -> str:
-    """`sqlite:///mlflow.db` is relative to the working directory; pin it to the repository root."""
+    """A relative store URI (`sqlite:///mlflow.db`, a plain path such as `mlruns`) pinned to `root`
+    (SQLite's and MLflow's own resolution would use the working directory)."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str((root / uri[len(prefix):]).resolve())
+    # MLflow's scheme-less names for Databricks are URIs, not folders
+    has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) or uri in ("databricks", "databricks-uc", "uc")
+    if uri and not has_scheme and not Path(uri).expanduser().is_absolute():
+        return str((root / uri).resolve())
     return uri
 
 
+def artifact_root(params: Params) -> Path:
+    """`mlflow.artifact_root` (where a SQLite store's experiments keep their artifacts), resolved
+    against the same repository as the store."""
+    path = Path(params.mlflow.artifact_root).expanduser()
+    return path if path.is_absolute() else store_root(params) / path
+
+
 def configure(params: Params) -> str:
-    """Point MLflow at the configured tracking (and registry) store; returns the tracking URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or _absolute_sqlite(params.mlflow.tracking_uri, params.root())
+    """Point MLflow at the configured tracking (and registry) store; returns the tracking URI.
+    Relative URIs (from params or MLFLOW_*_URI) resolve against `store_root`: the user's repository,
+    also inside DVC's experiment executors."""
+    root = store_root(params)
+    uri = _absolute_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri, root)
     mlflow.set_tracking_uri(uri)
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or params.mlflow.registry_uri
     if registry:
-        mlflow.set_registry_uri(_absolute_sqlite(registry, params.root()))
+        mlflow.set_registry_uri(_absolute_sqlite(registry, root))
     return uri
 
 
@@ -101,7 +127,7 @@ def experiment_id(pipeline: str, params: Params) -> str:
         return found.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = params.path(params.mlflow.artifact_root).joinpath(pipeline).resolve().as_uri()
+        location = artifact_root(params).joinpath(pipeline).resolve().as_uri()
     try:
         return client.create_experiment(pipeline, artifact_location=location)
     except MlflowException:  # created concurrently by another process
@@ -139,7 +165,10 @@ def lineage_tags(params: Params, pipeline: str, device: str | None = None, locke
     for name, version in library_versions().items():
         tags[f"{TAG}version.{name}"] = version
     if os.environ.get("DVC_EXP_NAME"):
+        # the experiment's commit exists only once DVC has run every stage: name and baseline find its ref
         tags[f"{TAG}dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+        if os.environ.get("DVC_EXP_BASELINE_REV"):
+            tags[f"{TAG}dvc_exp_baseline"] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
 
 
@@ -162,19 +191,23 @@ def training_run(pipeline: str, params: Params, device: str, run_file: Path, dat
                  resume_run_id: str | None = None, world_size: int = 1) -> Iterator[mlflow.ActiveRun]:
     """Start the run of a training stage: params, lineage tags, the dataset as an input, and
     system metrics; its id goes to `run_file` for the later stages of the same pipeline.
-    `resume_run_id` (from a checkpoint) continues the interrupted run when the store still has it.
+    `resume_run_id` (from a checkpoint) continues the interrupted run when the store still has it; a run
+    that had FINISHED is never reopened (its model is done): this training gets its own run, tagged with it.
     Under DDP only rank 0 calls this; `world_size` (processes that trained) becomes a tag."""
     configure(params)
     mark_dead_runs(experiment_id(pipeline, params))
+    tags = {**lineage_tags(params, pipeline, device, locked=False), f"{TAG}world_size": str(world_size),
+            PROCESS: process_tag()}
     if resume_run_id:
         try:
-            MlflowClient().get_run(resume_run_id)
+            finished = MlflowClient().get_run(resume_run_id).info.status == "FINISHED"
         except MlflowException:
+            finished, resume_run_id = False, None
+        if finished:  # that run trained to the end and belongs to another run (e.g. an earlier experiment)
+            tags[f"{TAG}resumed_checkpoint_of_run"] = resume_run_id
             resume_run_id = None
     start = ({"run_id": resume_run_id} if resume_run_id else
              {"experiment_id": experiment_id(pipeline, params), "run_name": run_name(pipeline, params)})
-    tags = {**lineage_tags(params, pipeline, device, locked=False), f"{TAG}world_size": str(world_size),
-            PROCESS: process_tag()}
     with mlflow.start_run(**start, tags=tags, log_system_metrics=params.mlflow.system_metrics) as run:
         if not resume_run_id:
             mlflow.log_params(pipeline_params(params, pipeline))

@@ -192,7 +192,7 @@ def _params(tmp_path: Path, **distributed_cfg) -> object:
 def test_torchrun_command_is_an_argument_list_from_params(tmp_path: Path):
     params = _params(tmp_path, nproc_per_node=4, nnodes=2, node_rank=1, master_addr="10.0.0.5", master_port=29555)
     assert torchrun_command(params, "word2vec", "train") == [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=4", "--node-rank=1",
+        sys.executable, "-m", "tasks.distributed", "--nnodes=2", "--nproc-per-node=4", "--node-rank=1",
         "--master-addr=10.0.0.5", "--master-port=29555", "-m", "tasks", "word2vec", "train",
         "--params", str((tmp_path / "params.yaml").resolve())]
     single_node = torchrun_command(_params(tmp_path, nproc_per_node=2), "segmentation", "train")
@@ -338,7 +338,10 @@ def test_two_gloo_processes_train_word2vec_like_one_and_only_rank_0_logs_and_wri
     assert json.loads(again.stdout)["resumed_from_epoch"] == 3
     resumed = torch.load(root / "artifacts/word2vec/train/model.pt", weights_only=True)
     assert all(torch.equal(resumed[k], ddp_weights[k]) for k in resumed)
-    assert len(_runs(root, "ddp.db")) == 1  # the checkpoint's run was continued
+    runs = {r.info.run_id: r for r in _runs(root, "ddp.db")}
+    assert len(runs) == 2  # the checkpoint's run had finished: this training got its own run
+    (newer,) = (r for r in runs.values() if r.info.run_id != ddp_run.info.run_id)
+    assert newer.data.tags["d2lflow.resumed_checkpoint_of_run"] == ddp_run.info.run_id
 
 
 @pytest.mark.slow
@@ -450,3 +453,53 @@ def test_two_gloo_processes_train_the_fcn_and_an_error_on_the_ranks_is_one_line(
     assert sorted(p.name for p in (root / "artifacts/segmentation/train").iterdir()) == [
         "history.csv", "metrics.json", "model.pt", "run.json"]
     assert torch.load(root / "checkpoints/segmentation/last.pt", weights_only=True)["run_id"] == fcn_run.info.run_id
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket of `pid` and its descendants."""
+    import psutil
+
+    found: set[tuple[str, int]] = set()
+    try:
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return found
+    for process in processes:
+        try:
+            found |= {(c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="tcp")
+                      if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:  # a process that just exited
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_loopback_master_addr_leaves_nothing_listening_beyond_loopback(word2vec_repo: Path):
+    """torchrun's rendezvous store (and gloo's sockets) listen on master_addr only: torch's own static
+    rendezvous binds its TCPStore to every interface, reachable from the network during training."""
+    import ipaddress
+
+    root = word2vec_repo
+    port = free_port()
+    set_params(root / "params.yaml", _ddp(port) + ["word2vec.train.epochs=6"])
+    subprocess.run(["rm", "-rf", str(root / "checkpoints/word2vec"), str(root / "artifacts/word2vec/train")],
+                   check=True)
+    stage = subprocess.Popen([sys.executable, "-m", "tasks", "word2vec", "train"], cwd=root,
+                             env=_env(root, "loopback.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    seen: set[tuple[str, int]] = set()
+    try:
+        while stage.poll() is None:
+            seen |= _listening(stage.pid)
+            time.sleep(0.1)
+        _, stderr = stage.communicate(timeout=300)
+    finally:
+        if stage.poll() is None:
+            os.killpg(stage.pid, signal.SIGKILL)
+            stage.wait(timeout=30)
+        set_params(root / "params.yaml", ["distributed.nproc_per_node=1", "distributed.master_port=null",
+                                          "word2vec.train.epochs=3"])
+    assert stage.returncode == 0, stderr[-3000:]
+    assert ("127.0.0.1", port) in seen, f"the rendezvous store was never seen listening: {sorted(seen)}"
+    exposed = sorted((ip, p) for ip, p in seen if not ipaddress.ip_address(ip).is_loopback)
+    assert exposed == [], f"listening beyond loopback during DDP training: {exposed}"

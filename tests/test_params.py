@@ -155,3 +155,27 @@ def test_invalid_yaml_is_a_params_error(tmp_path: Path):
     path.write_text("word2vec: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(path)
+
+
+def _set_lr(path: str, index: int) -> None:
+    set_params(path, [f"word2vec.train.lr={0.001 * (index + 1)}"])
+
+
+def test_concurrent_set_params_calls_in_separate_processes_all_succeed(params_copy: Path):
+    """Each call writes its own temporary file (a fixed `.params.yaml.tmp` made concurrent calls
+    rename each other's file away); every call succeeds and the file ends valid, holding one call's value."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    calls = 400
+    with context.Pool(8) as pool:
+        results = [pool.apply_async(_set_lr, (str(params_copy), i)) for i in range(calls)]
+        errors = []
+        for result in results:
+            try:
+                result.get(timeout=120)
+            except Exception as error:  # collected to report every failed call
+                errors.append(repr(error))
+    assert errors == []
+    assert load_params(params_copy).word2vec.train.lr in {0.001 * (i + 1) for i in range(calls)}
+    assert [p.name for p in params_copy.parent.iterdir()] == ["params.yaml"]
