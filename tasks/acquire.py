@@ -15,13 +15,9 @@ from tasks.download import fetch, refused, safe_extract
 from tasks.dvc_repo import run_dvc
 from tasks.errors import D2lflowError, DataError
 from tasks.params import DataSourceParams, Params
+from tasks.runtime import cache_dir
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """Where downloaded archives are kept (outside data/, so DVC versions extracted data only)."""
-    return Path(os.environ.get("D2LFLOW_CACHE", Path.home() / ".cache" / "d2lflow")).expanduser()
 
 
 def _is_archive(path: Path) -> bool:

@@ -24,6 +24,12 @@ LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "mlflow", "dvc", "prefec
              "faster-coco-eval", "torchmetrics")
 
 
+def cache_dir() -> Path:
+    """The user's d2lflow cache (`D2LFLOW_CACHE`, default ~/.cache/d2lflow): downloaded archives (outside
+    data/, so DVC versions extracted data only) and the registry locks."""
+    return Path(os.environ.get("D2LFLOW_CACHE", Path.home() / ".cache" / "d2lflow")).expanduser()
+
+
 def select_device(spec: str) -> torch.device:
     """`auto` → CUDA when present, else CPU; an explicit `cuda` without a GPU is an error, not a fallback."""
     if spec == "auto":

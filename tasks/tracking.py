@@ -33,7 +33,7 @@ from tasks import lineage
 from tasks.atomic import read_json, write_json
 from tasks.errors import D2lflowError
 from tasks.params import Params, RegisterParams, flatten
-from tasks.runtime import library_versions
+from tasks.runtime import cache_dir, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +364,6 @@ def registry_lock(registry_uri: str, timeout: float) -> Iterator[Path]:
     """An OS file lock keyed by the registry URI, in the user's cache dir: the find-or-create of a
     version and the champion/challenger decision of every d2lflow process on this machine that
     registers into that registry run one at a time. It cannot order processes on other machines."""
-    from tasks.acquire import cache_dir
 
     key = hashlib.sha256(registry_uri.encode()).hexdigest()[:16]
     path = cache_dir() / "locks" / f"registry-{key}.lock"

@@ -168,11 +168,12 @@ def test_the_flow_checks_the_server_before_any_stage(mode: list[str], refusing_u
     from flows import cli as flows_cli
 
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)  # the run takes the repository lock first (then applies -S)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", refusing_uri)
     assert flows_cli.main(["run", "word2vec", *mode, "--root", str(tmp_path)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"MLflow tracking server {refusing_uri}" in errors[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing acquired, nothing run
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dvc", "params.yaml"]  # nothing acquired, nothing run
 
 
 @pytest.mark.slow
