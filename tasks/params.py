@@ -174,7 +174,9 @@ class SegmentationTrainParams(Section):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
-    amp: bool = False  # mixed precision, CUDA only
+    amp: bool = False  # mixed precision, CUDA only: bf16 where supported (no GradScaler), else fp16
+    channels_last: bool = True  # NHWC weights and batches, CUDA only (CPU keeps NCHW)
+    torch_compile: bool = False  # the forward through torch.compile
     sync_batchnorm: bool = False  # under DDP: BatchNorm statistics over the global batch (CUDA only)
     out_dir: str = "artifacts/segmentation/train"
     checkpoint_dir: str = "checkpoints/segmentation"
@@ -227,7 +229,9 @@ class DetectionTrainParams(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(4, ge=1)
     num_workers: int = Field(0, ge=0)
-    amp: bool = False
+    amp: bool = False  # mixed precision, CUDA only: bf16 where supported (no GradScaler), else fp16
+    channels_last: bool = True  # NHWC weights and images, CUDA only (CPU keeps NCHW)
+    torch_compile: bool = False  # the model through torch.compile
     out_dir: str = "artifacts/detection/train"
     checkpoint_dir: str = "checkpoints/detection"
 
