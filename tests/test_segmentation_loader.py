@@ -14,7 +14,14 @@ from models.fcn import build_fcn
 from tasks import distributed
 from tasks.errors import DataError
 from tasks.params import SegmentationPreprocessParams, SegmentationTrainParams, SyntheticVocParams
-from tasks.segmentation.data import SegmentationDataset, device_batch, load_split, preprocess, voc_crop
+from tasks.segmentation.data import (
+    SegmentationDataset,
+    collate_crops,
+    device_batch,
+    load_split,
+    preprocess,
+    voc_crop,
+)
 from tasks.segmentation.train import epoch_loader, pixel_loss, train
 from tasks.synthetic.voc import write_synthetic_voc
 
@@ -38,7 +45,8 @@ def _batches(dataset, seed: int, epoch: int, workers: int, batch_size: int = 4):
     loader = epoch_loader(dataset, cfg, seed, epoch, CPU, distributed.Context(CPU))
     if options:  # spawn: workers get the pickled dataset only (no threads of earlier tests forked)
         loader = torch.utils.data.DataLoader(loader.dataset, batch_size=batch_size, shuffle=True,
-                                             generator=loader.generator, num_workers=workers, **options)
+                                             generator=loader.generator, num_workers=workers,
+                                             collate_fn=collate_crops, **options)
     return list(loader)
 
 
@@ -68,6 +76,8 @@ def test_uint8_crops_are_the_stored_rectangles_and_follow_the_epoch(store: Path)
         for i in range(len(crops)):
             image, label = crops[i]
             top, left = crops.box(i)
+            batch = crops.__getitems__([i, 0])
+            assert torch.equal(batch.images[0], image) and torch.equal(batch.labels[0], label)
             seen.add((i, top, left))
             expected = voc_crop(split.image(i), split.label(i), top, left, *CROP)
             assert np.array_equal(image.numpy(), expected[0]) and np.array_equal(label.numpy(), expected[1])

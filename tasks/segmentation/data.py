@@ -22,11 +22,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from tasks.atomic import atomic_path, to_json
 from tasks.errors import DataError
@@ -176,8 +176,9 @@ class CropReader:
 
     def __init__(self, split: StoredSplit) -> None:
         self.split = split
-        self.starts = {}
-        self.fds = {}
+        self.starts: dict[str, int] = {}
+        self.fds: dict[str, int] = {}
+        self.buffers: dict[str, np.ndarray | None] = {}
         for name, array in (("images", split.images), ("labels", split.labels)):
             self.starts[name] = int(array.offset)  # the .npy header's length: where the pixels begin
             self.fds[name] = os.open(split.folder / f"{name}.npy", os.O_RDONLY)
@@ -188,27 +189,47 @@ class CropReader:
         self.fds = {}
 
     def _rows(self, name: str, channels: int, i: int, top: int, rows: int) -> np.ndarray:
+        """Rows top..top+rows of item i, full width, read into this reader's reused buffer (a view of
+        it: valid until the next read of `name`; a fresh buffer each time would page-fault every page)."""
         width = int(self.split.shapes[i][1])
-        out = np.empty((rows, width, channels), dtype=np.uint8)
+        size = rows * width * channels
+        if self.buffers.get(name) is None or self.buffers[name].size < size:
+            self.buffers[name] = np.empty(size, dtype=np.uint8)
+        out = self.buffers[name][:size]
         offset = self.starts[name] + channels * (int(self.split.offsets[i]) + top * width)
-        view, done = memoryview(out.reshape(-1)), 0
-        while done < out.nbytes:
+        view, done = memoryview(out), 0
+        while done < size:
             got = os.preadv(self.fds[name], [view[done:]], offset + done)
             if got <= 0:
                 raise DataError(f"{self.split.folder / (name + '.npy')}: ends before image {i}'s pixels "
                                 "(a truncated store?); re-run the preprocess stage")
             done += got
-        return out
+        return out.reshape(rows, width, channels)
 
-    def crop(self, i: int, top: int, left: int, crop_h: int, crop_w: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (crop_h, crop_w, 3) image and (crop_h, crop_w) label of item i, both contiguous."""
+    def crop_into(self, i: int, top: int, left: int, image: np.ndarray, label: np.ndarray) -> None:
+        """Item i's crop at (top, left) into `image` (h, w, 3) and `label` (h, w), uint8, of the crop's size."""
+        crop_h, crop_w = label.shape
         h, w = (int(s) for s in self.split.shapes[i])
         if top < 0 or left < 0 or top + crop_h > h or left + crop_w > w:
             raise ValueError(f"crop at ({top}, {left}) of {crop_h}x{crop_w} leaves the image {(h, w)}")
         columns = slice(left, left + crop_w)
-        image = np.ascontiguousarray(self._rows("images", 3, i, top, crop_h)[:, columns])
-        label = np.ascontiguousarray(self._rows("labels", 1, i, top, crop_h)[:, columns, 0])
-        return image, label
+        image[...] = self._rows("images", 3, i, top, crop_h)[:, columns]
+        label[...] = self._rows("labels", 1, i, top, crop_h)[:, columns, 0]
+
+
+class CropBatch(NamedTuple):
+    """A batch of uint8 crops as `SegmentationDataset.__getitems__` builds it: (N, h, w, 3), (N, h, w)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def collate_crops(batch: Any) -> Any:
+    """The DataLoader collate_fn of the uint8 loader: a CropBatch is already the batch (no stacking
+    copy); anything else goes through torch's default_collate."""
+    if isinstance(batch, CropBatch):
+        return [batch.images, batch.labels]
+    return default_collate(batch)
 
 
 def load_split(folder: Path) -> StoredSplit:
@@ -241,11 +262,13 @@ def device_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.devic
     """A uint8 batch (N, H, W, 3) images and (N, H, W) labels → on `device`: float32 (N, 3, H, W)
     normalised as `normalize` does each image (same ops, same order: bit-identical on the CPU), and
     int64 labels. NCHW-contiguous unless `channels_last` (then the NHWC memory of the upload itself)."""
-    x = images.to(device, non_blocking=True).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, device=device)
-    std = torch.tensor(IMAGENET_STD, device=device)
-    x = ((x - mean) / std).permute(0, 3, 1, 2)
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous(memory_format=layout)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    # The per-element ops of `normalize`, in its order (u8 -> f32, / 255, - mean, / std): the same bits,
+    # after a uint8 transpose instead of a float one, in place, with no 3-wide innermost broadcast.
+    x = x.float().div_(255.0).sub_(mean).div_(std)
     return x, labels.to(device, non_blocking=True).long()
 
 
@@ -337,5 +360,26 @@ class SegmentationDataset(Dataset):
             return normalize(image), torch.from_numpy(label.astype(np.int64))
         if self._reader is None:
             self._reader = CropReader(self.split)
-        image, label = self._reader.crop(i, top, left, self.crop_h, self.crop_w)
+        image = np.empty((self.crop_h, self.crop_w, 3), dtype=np.uint8)
+        label = np.empty((self.crop_h, self.crop_w), dtype=np.uint8)
+        self._reader.crop_into(i, top, left, image, label)
         return torch.from_numpy(image), torch.from_numpy(label)
+
+    def __getitems__(self, indices: list[int]) -> CropBatch | list[tuple[torch.Tensor, torch.Tensor]]:
+        """A DataLoader batch at once. uint8: each crop read straight into its slot of one batch
+        tensor (in shared memory inside a worker, as default_collate does); collate with
+        `collate_crops`. Float: the items, for default_collate."""
+        if self.normalise:
+            return [self[i] for i in indices]
+        if self._reader is None:
+            self._reader = CropReader(self.split)
+        images = torch.empty((len(indices), self.crop_h, self.crop_w, 3), dtype=torch.uint8)
+        labels = torch.empty((len(indices), self.crop_h, self.crop_w), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            images.share_memory_()
+            labels.share_memory_()
+        image_slots, label_slots = images.numpy(), labels.numpy()
+        for slot, i in enumerate(indices):
+            top, left = self.box(i)
+            self._reader.crop_into(i, top, left, image_slots[slot], label_slots[slot])
+        return CropBatch(images, labels)

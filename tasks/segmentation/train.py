@@ -30,7 +30,7 @@ from tasks import accel, distributed
 from tasks.errors import D2lflowError
 from tasks.params import SegmentationTrainParams
 from tasks.runtime import restore, save_checkpoint
-from tasks.segmentation.data import SegmentationDataset, device_batch
+from tasks.segmentation.data import SegmentationDataset, collate_crops, device_batch
 from tasks.voc import VOID
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, see
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 5, epoch]).generate_state(1)[0]))
     return distributed.shuffled_loader(dataset, cfg.batch_size, generator, ctx, num_workers=cfg.num_workers,
-                                       pin_memory=cfg.pin_memory and device.type == "cuda")
+                                       pin_memory=cfg.pin_memory and device.type == "cuda", collate_fn=collate_crops)
 
 
 def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int,
