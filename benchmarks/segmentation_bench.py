@@ -8,12 +8,13 @@ Writes benchmarks/results/segmentation.json. Every side runs in a fresh subproce
 
 * book: `VOCSegDataset(True, crop, voc_dir)` (d2l 14.9, re-typed in book_segmentation.py) decodes every
   image and keeps each kept one as normalised float32; then its DataLoader (shuffle, drop_last as the
-  book) with 0 and with 2 workers: time to the first batch and images/s over one epoch each.
+  book) with 0 and with 2 workers: time to the first batch and images/s (the median of
+  `--loader-epochs` epochs each).
 * ours-preprocess: `tasks.segmentation.data.preprocess` (train and val, as the stage does) into a
   temporary store: seconds, images/s, store size, peak RSS.
 * ours: a new process that only opens the stored train split, as the train stage does: the uint8
   crops of `SegmentationDataset(...).uint8()` + DataLoader (shuffle) with 0 and with 2 workers: time
-  to the first batch and, over one epoch each, images/s of the uint8 batches ("loader") and of the
+  to the first batch and images/s (median of `--loader-epochs` epochs) of the uint8 batches and of the
   batches converted and normalised by `device_batch` on the CPU ("normalised on the CPU": the form the
   book's loader yields; on a GPU that step runs there); peak RSS (recorded before training; worker
   processes' peak separately). Then CPU training throughput of `build_fcn(21, "none")`
@@ -40,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -117,8 +119,10 @@ def side_book(args: argparse.Namespace) -> dict:
     for workers in WORKERS:
         loader = torch.utils.data.DataLoader(dataset, args.batch_size, shuffle=True, drop_last=True,
                                              num_workers=workers)
-        n, sec = loader_epoch(loader)
-        per_workers[str(workers)] = {"images": n, "seconds": sec, "images_per_s": n / sec}
+        epochs = [loader_epoch(loader) for _ in range(args.loader_epochs)]
+        n, sec = epochs[0][0], float(np.median([s for _, s in epochs]))
+        per_workers[str(workers)] = {"images": n, "epoch_seconds": [s for _, s in epochs], "seconds": sec,
+                                     "images_per_s": n / sec}
     held = sum(f.numel() * f.element_size() for f in dataset.features)
     held += sum(lab.numel() * lab.element_size() for lab in dataset.labels)
     held += dataset.colormap2label.numel() * dataset.colormap2label.element_size()
@@ -171,10 +175,11 @@ def side_ours(args: argparse.Namespace) -> dict:
     for workers in WORKERS:
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                             collate_fn=collate_crops)
-        n, sec = loader_epoch(loader)
+        epochs = [loader_epoch(loader) for _ in range(args.loader_epochs)]
+        n, sec = epochs[0][0], float(np.median([s for _, s in epochs]))
         nn_, nsec = normalised_epoch(loader)
-        per_workers[str(workers)] = {"images": n, "seconds": sec, "images_per_s": n / sec,
-                                     "normalised_on_cpu_images_per_s": nn_ / nsec}
+        per_workers[str(workers)] = {"images": n, "epoch_seconds": [s for _, s in epochs], "seconds": sec,
+                                     "images_per_s": n / sec, "normalised_on_cpu_images_per_s": nn_ / nsec}
     data_peak = peak_rss_bytes()
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0, collate_fn=collate_crops)
 
@@ -225,7 +230,8 @@ def run_side(side: str, args: argparse.Namespace, store: Path, tmp: Path) -> dic
     out = tmp / f"{side}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--side-out", str(out),
                "--data-dir", str(args.data_dir), "--store", str(store), "--crop", *map(str, args.crop),
-               "--batch-size", str(args.batch_size), "--train-steps", str(args.train_steps), "--seed", str(args.seed),
+               "--batch-size", str(args.batch_size), "--loader-epochs", str(args.loader_epochs),
+               "--train-steps", str(args.train_steps), "--seed", str(args.seed),
                "--threads", str(args.threads)]
     print(f"[{side}] running ...", flush=True)
     start = time.perf_counter()
@@ -264,6 +270,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch.set_num_threads in each side (0: torch's default)")
+    parser.add_argument("--loader-epochs", type=int, default=3,
+                        help="epochs timed per loader and worker count (the median is reported)")
     parser.add_argument("--rss-images", type=int, default=0,
                         help="also a synthetic set of this many train images, ours only (peak RSS vs store size)")
     parser.add_argument("--out", type=Path, default=RESULTS / "segmentation.json")
