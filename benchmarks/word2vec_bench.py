@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -48,7 +49,7 @@ from tasks.word2vec import train as tr  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 # About PTB's size: ~880k train tokens, a vocabulary of ~6.5k words after min_freq 10.
 PTB_SCALE = SyntheticPtbParams(sentences=68000, groups=800, words_per_group=8, seed=0)
-SIDES = ("book", "d2lflow_dense", "d2lflow_sparse", "gensim")
+SIDES = ("d2lflow_dense", "d2lflow_sparse", "gensim", "book")  # the slowest last
 PROBES = ("chip", "baby", "beautiful")
 
 
@@ -240,6 +241,22 @@ def corpus_dir(data_dir: Path | None, tmp: Path) -> tuple[Path, str]:
     return data_dir, f"real ({data_dir})"
 
 
+def write_report(args: argparse.Namespace, corpus: str, book_epochs: int, runs: dict[str, list[dict]],
+                 profiles: dict, complete: bool) -> dict:
+    summary = {side: summarise(side_runs) for side, side_runs in runs.items() if side_runs}
+    if "book" in summary and "d2lflow_dense" in summary:
+        summary["training_throughput_speedup_dense_over_book"] = (
+            summary["d2lflow_dense"]["center_words_per_s"]["mean"] / summary["book"]["center_words_per_s"]["mean"])
+    report = {
+        "complete": complete, "corpus": corpus, "epochs": args.epochs, "book_epochs": book_epochs,
+        "seeds": args.seeds, "gensim_workers": args.gensim_workers, "machine": machine(),
+        "load_average_at_end": os.getloadavg(), "summary": summary, "profile": profiles, "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, help="ptb.zip, or a folder with ptb.train.txt and ptb.valid.txt "
@@ -257,6 +274,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, corpus = corpus_dir(args.data_dir, Path(tmp))
         task = Task(data_dir)
+        profiles = {opt: profile_steps(task, opt, args.profile_steps)
+                    for opt in ("adam", "sparse_adam") if args.profile_steps > 0}
         runs: dict[str, list[dict]] = {side: [] for side in args.sides}
         for seed in args.seeds:
             for side in args.sides:
@@ -268,20 +287,9 @@ def main() -> None:
                 else:
                     run = side_d2lflow(task, seed, args.epochs, "adam" if side == "d2lflow_dense" else "sparse_adam")
                 runs[side].append({"seed": seed, **run})
-        profiles = {opt: profile_steps(task, opt, args.profile_steps)
-                    for opt in ("adam", "sparse_adam") if args.profile_steps > 0}
-
-    summary = {side: summarise(side_runs) for side, side_runs in runs.items()}
-    if "book" in summary and "d2lflow_dense" in summary:
-        summary["training_throughput_speedup_dense_over_book"] = (
-            summary["d2lflow_dense"]["center_words_per_s"]["mean"] / summary["book"]["center_words_per_s"]["mean"])
-    report = {
-        "corpus": corpus, "epochs": args.epochs, "book_epochs": book_epochs, "seeds": args.seeds,
-        "gensim_workers": args.gensim_workers, "machine": machine(), "summary": summary,
-        "profile": profiles, "runs": runs,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+                write_report(args, corpus, book_epochs, runs, profiles, complete=False)  # what ran so far
+    report = write_report(args, corpus, book_epochs, runs, profiles, complete=True)
+    summary = report["summary"]
     print(json.dumps({side: {k: (v["mean"] if isinstance(v, dict) and "mean" in v else v)
                              for k, v in s.items() if k != "neighbours_first_seed"}
                       for side, s in summary.items() if isinstance(s, dict)}, indent=2))
