@@ -117,9 +117,10 @@ def make_optimizer(model: SkipGram, cfg: Word2vecTrainParams, device: torch.devi
     gradients of `SkipGram.pair_logits_sparse`. SparseAdam is lazy Adam: a row's moments and weights
     change only in the steps whose batch touches it (bias correction by the global step).
 
-    On PTB's 6.7k-word tables this is not faster on a CPU (benchmarks/word2vec_bench.py, README): the
-    dense fused Adam is ~15% of a step, the per-pair gathers, products and scatter-adds the rest, and
-    those are the same in both. It pays off where the tables are large and a batch touches few rows."""
+    On PTB's 6.7k-word tables it is slower on a CPU (benchmarks/word2vec_bench.py, README): the dense
+    fused Adam is ~11% of a step, the per-pair gathers, products and scatter-adds (the same in both)
+    the rest, and SparseAdam's step, coalescing included, costs more than that. It is meant for tables
+    large enough that a batch touches few of their rows."""
     if cfg.optimizer == "sparse_adam":
         return torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
