@@ -49,6 +49,13 @@ class SkipGram(nn.Module):
         """The ragged form used for training: one logit per (center, word) pair, no padding."""
         return _PairDot.apply(self.embed_v.weight, self.embed_u.weight, centers, words)
 
+    def pair_logits_sparse(self, centers: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """`pair_logits` whose backward gives sparse gradients (torch.optim.SparseAdam's input): each
+        table's gradient holds only the rows of `centers` (resp. `words`); no dense table is written."""
+        v = F.embedding(centers, self.embed_v.weight, sparse=True)
+        u = F.embedding(words, self.embed_u.weight, sparse=True)
+        return (v * u).sum(dim=1)
+
 
 class PairLogits(nn.Module):
     """A SkipGram whose forward is the ragged `pair_logits`: DistributedDataParallel wraps a module

@@ -97,6 +97,9 @@ class Word2vecTrainParams(Section):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(512, ge=1)
     resample_every_epoch: bool = False
+    # adam: the book's dense Adam over both tables; sparse_adam: sparse row gradients and
+    # torch.optim.SparseAdam, which updates only the rows a batch touches (lazy Adam moments).
+    optimizer: Literal["adam", "sparse_adam"] = "adam"
     out_dir: str = "artifacts/word2vec/train"
     checkpoint_dir: str = "checkpoints/word2vec"
 
@@ -172,7 +175,9 @@ class SegmentationTrainParams(Section):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
-    amp: bool = False  # mixed precision, CUDA only
+    amp: bool = False  # mixed precision, CUDA only: bf16 where supported (no GradScaler), else fp16
+    channels_last: bool = True  # NHWC weights and batches, CUDA only (CPU keeps NCHW)
+    torch_compile: bool = False  # the forward through torch.compile
     sync_batchnorm: bool = False  # under DDP: BatchNorm statistics over the global batch (CUDA only)
     out_dir: str = "artifacts/segmentation/train"
     checkpoint_dir: str = "checkpoints/segmentation"
@@ -225,7 +230,9 @@ class DetectionTrainParams(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(4, ge=1)
     num_workers: int = Field(0, ge=0)
-    amp: bool = False
+    amp: bool = False  # mixed precision, CUDA only: bf16 where supported (no GradScaler), else fp16
+    channels_last: bool = True  # NHWC weights and images, CUDA only (CPU keeps NCHW)
+    torch_compile: bool = False  # the model through torch.compile
     out_dir: str = "artifacts/detection/train"
     checkpoint_dir: str = "checkpoints/detection"
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tasks import distributed
+from tasks import accel, distributed
 from tasks.detection.data import DetectionDataset, collate
 from tasks.errors import D2lflowError
 from tasks.params import DetectionTrainParams
@@ -55,16 +55,16 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
     `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, and every
     rank returns the same history (means over the ranks)."""
     ctx = ctx or distributed.Context(device)
-    model.to(device)
+    accel.prepare(model, device, cfg.channels_last)  # channels_last weights: cuDNN then runs NHWC convs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp = accel.precision(cfg.amp, device, "detection.train.amp")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp.scaler)
     result = TrainResult(model)
     if state is not None:
         result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
-    forward = distributed.wrap(model, ctx)
+    forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
 
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         loader = epoch_loader(dataset, cfg, seed, epoch, ctx)
@@ -80,7 +80,7 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
                                     disable=not ctx.is_main):
             images = [image.to(device) for image in images]
             targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=amp.dtype, enabled=amp.autocast):
                 losses = forward(images, targets)
             total = sum(losses.values())
             values = {name: float(value.detach()) for name, value in losses.items()}

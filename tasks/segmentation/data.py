@@ -5,20 +5,28 @@ plus their shapes, loaded as read-only memmaps, so epochs neither re-decode nor 
 memory. Images smaller than the crop are dropped, as in the book. Crops are random per
 (seed, epoch, item) in training, so they do not depend on DataLoader workers or shuffling order,
 and centred otherwise. One rectangle is always applied to an image and its label together.
+
+Training loads crops as uint8 (`SegmentationDataset(..., normalise=False)`): a crop's rows are read
+from the store with one positioned read (`os.preadv`, not through the memmap: pages of a mapped
+file count in the process's RSS, which would then grow with the store), batches are collated as
+uint8 (a quarter of float32's bytes to copy, pin and transfer), and `device_batch` converts and
+normalises a whole batch where it will be used. On the CPU the result is bit for bit the
+per-image `normalize` of the float dataset.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from tasks.atomic import atomic_path, to_json
 from tasks.errors import DataError
@@ -161,6 +169,69 @@ class StoredSplit:
         return self.labels[self.offsets[i]: self.offsets[i + 1]].reshape(h, w)
 
 
+class CropReader:
+    """Crops of a stored split read with positioned reads of the .npy files (one per image and one
+    per label: the crop's full-width rows), never through a memory map. Opened lazily in each
+    process (DataLoader workers included) and never pickled."""
+
+    def __init__(self, split: StoredSplit) -> None:
+        self.split = split
+        self.starts: dict[str, int] = {}
+        self.fds: dict[str, int] = {}
+        self.buffers: dict[str, np.ndarray | None] = {}
+        for name, array in (("images", split.images), ("labels", split.labels)):
+            self.starts[name] = int(array.offset)  # the .npy header's length: where the pixels begin
+            self.fds[name] = os.open(split.folder / f"{name}.npy", os.O_RDONLY)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+
+    def _rows(self, name: str, channels: int, i: int, top: int, rows: int) -> np.ndarray:
+        """Rows top..top+rows of item i, full width, read into this reader's reused buffer (a view of
+        it: valid until the next read of `name`; a fresh buffer each time would page-fault every page)."""
+        width = int(self.split.shapes[i][1])
+        size = rows * width * channels
+        if self.buffers.get(name) is None or self.buffers[name].size < size:
+            self.buffers[name] = np.empty(size, dtype=np.uint8)
+        out = self.buffers[name][:size]
+        offset = self.starts[name] + channels * (int(self.split.offsets[i]) + top * width)
+        view, done = memoryview(out), 0
+        while done < size:
+            got = os.preadv(self.fds[name], [view[done:]], offset + done)
+            if got <= 0:
+                raise DataError(f"{self.split.folder / (name + '.npy')}: ends before image {i}'s pixels "
+                                "(a truncated store?); re-run the preprocess stage")
+            done += got
+        return out.reshape(rows, width, channels)
+
+    def crop_into(self, i: int, top: int, left: int, image: np.ndarray, label: np.ndarray) -> None:
+        """Item i's crop at (top, left) into `image` (h, w, 3) and `label` (h, w), uint8, of the crop's size."""
+        crop_h, crop_w = label.shape
+        h, w = (int(s) for s in self.split.shapes[i])
+        if top < 0 or left < 0 or top + crop_h > h or left + crop_w > w:
+            raise ValueError(f"crop at ({top}, {left}) of {crop_h}x{crop_w} leaves the image {(h, w)}")
+        columns = slice(left, left + crop_w)
+        image[...] = self._rows("images", 3, i, top, crop_h)[:, columns]
+        label[...] = self._rows("labels", 1, i, top, crop_h)[:, columns, 0]
+
+
+class CropBatch(NamedTuple):
+    """A batch of uint8 crops as `SegmentationDataset.__getitems__` builds it: (N, h, w, 3), (N, h, w)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def collate_crops(batch: Any) -> Any:
+    """The DataLoader collate_fn of the uint8 loader: a CropBatch is already the batch (no stacking
+    copy); anything else goes through torch's default_collate."""
+    if isinstance(batch, CropBatch):
+        return [batch.images, batch.labels]
+    return default_collate(batch)
+
+
 def load_split(folder: Path) -> StoredSplit:
     """Open a split written by `preprocess` (memory-mapped, read-only)."""
     folder = Path(folder)
@@ -184,6 +255,21 @@ def normalize(image: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.array(image, dtype=np.float32)) / 255.0
     x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     return x.permute(2, 0, 1).contiguous()
+
+
+def device_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                 channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 batch (N, H, W, 3) images and (N, H, W) labels → on `device`: float32 (N, 3, H, W)
+    normalised as `normalize` does each image (same ops, same order: bit-identical on the CPU), and
+    int64 labels. NCHW-contiguous unless `channels_last` (then the NHWC memory of the upload itself)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous(memory_format=layout)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    # The per-element ops of `normalize`, in its order (u8 -> f32, / 255, - mean, / std): the same bits,
+    # after a uint8 transpose instead of a float one, in place, with no 3-wide innermost broadcast.
+    x = x.float().div_(255.0).sub_(mean).div_(std)
+    return x, labels.to(device, non_blocking=True).long()
 
 
 def crop_box(height: int, width: int, crop_h: int, crop_w: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -212,17 +298,21 @@ def voc_crop(image: np.ndarray, label: np.ndarray, top: int, left: int, crop_h: 
 
 
 class SegmentationDataset(Dataset):
-    """(normalised image float32 3×h×w, label int64 h×w with 255 = void) crops of a preprocessed split.
+    """(normalised image float32 3×h×w, label int64 h×w with 255 = void) crops of a preprocessed split;
+    with normalise=False (training's loader) uint8 (h×w×3, h×w) crops for `device_batch` instead.
 
     train=True: a random crop drawn from SeedSequence([seed, epoch, i]); train=False: the centre crop.
-    The memmaps are opened lazily per process and never pickled, so workers share the page cache.
+    The store is opened lazily per process and never pickled, so workers share the page cache.
     """
 
-    def __init__(self, folder: Path, crop_size: tuple[int, int], seed: int, train: bool) -> None:
+    def __init__(self, folder: Path, crop_size: tuple[int, int], seed: int, train: bool,
+                 normalise: bool = True) -> None:
         self.folder = Path(folder)
         self.crop_h, self.crop_w = (int(s) for s in crop_size)
         self.seed, self.train, self.epoch = int(seed), bool(train), 0
+        self.normalise = bool(normalise)
         self._split: StoredSplit | None = load_split(self.folder)
+        self._reader: CropReader | None = None
         shapes = self._split.shapes
         small = (shapes[:, 0] < self.crop_h) | (shapes[:, 1] < self.crop_w)
         if small.any():
@@ -237,7 +327,17 @@ class SegmentationDataset(Dataset):
         return self._split
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_split": None}
+        return {**self.__dict__, "_split": None, "_reader": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_reader", None) is not None:
+            self._reader.close()
+
+    def uint8(self) -> SegmentationDataset:
+        """The same crops (same seed, epoch and boxes) as uint8, for `device_batch`."""
+        clone = SegmentationDataset.__new__(SegmentationDataset)
+        clone.__dict__.update({**self.__dict__, "_reader": None, "normalise": False})
+        return clone
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -255,5 +355,31 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         top, left = self.box(i)
-        image, label = voc_crop(self.split.image(i), self.split.label(i), top, left, self.crop_h, self.crop_w)
-        return normalize(image), torch.from_numpy(label.astype(np.int64))
+        if self.normalise:
+            image, label = voc_crop(self.split.image(i), self.split.label(i), top, left, self.crop_h, self.crop_w)
+            return normalize(image), torch.from_numpy(label.astype(np.int64))
+        if self._reader is None:
+            self._reader = CropReader(self.split)
+        image = np.empty((self.crop_h, self.crop_w, 3), dtype=np.uint8)
+        label = np.empty((self.crop_h, self.crop_w), dtype=np.uint8)
+        self._reader.crop_into(i, top, left, image, label)
+        return torch.from_numpy(image), torch.from_numpy(label)
+
+    def __getitems__(self, indices: list[int]) -> CropBatch | list[tuple[torch.Tensor, torch.Tensor]]:
+        """A DataLoader batch at once. uint8: each crop read straight into its slot of one batch
+        tensor (in shared memory inside a worker, as default_collate does); collate with
+        `collate_crops`. Float: the items, for default_collate."""
+        if self.normalise:
+            return [self[i] for i in indices]
+        if self._reader is None:
+            self._reader = CropReader(self.split)
+        images = torch.empty((len(indices), self.crop_h, self.crop_w, 3), dtype=torch.uint8)
+        labels = torch.empty((len(indices), self.crop_h, self.crop_w), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            images.share_memory_()
+            labels.share_memory_()
+        image_slots, label_slots = images.numpy(), labels.numpy()
+        for slot, i in enumerate(indices):
+            top, left = self.box(i)
+            self._reader.crop_into(i, top, left, image_slots[slot], label_slots[slot])
+        return CropBatch(images, labels)

@@ -1,5 +1,7 @@
 """FCN training (d2l 14.11): per-pixel cross-entropy ignoring the 255 void label, SGD with weight
-decay; optional mixed precision on CUDA; a checkpoint every epoch and resume.
+decay; optional bf16/fp16 mixed precision, channels_last and torch.compile on CUDA (tasks/accel.py);
+a checkpoint every epoch and resume. Batches are loaded as uint8 crops and converted and normalised
+on the training device (tasks/segmentation/data.py `device_batch`).
 
 Each epoch's shuffle and crops are seeded by (seed, epoch), so a resumed run replays exactly the
 batches the interrupted one would have seen.
@@ -24,11 +26,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tasks import distributed
+from tasks import accel, distributed
 from tasks.errors import D2lflowError
 from tasks.params import SegmentationTrainParams
 from tasks.runtime import restore, save_checkpoint
-from tasks.segmentation.data import SegmentationDataset
+from tasks.segmentation.data import SegmentationDataset, collate_crops, device_batch
 from tasks.voc import VOID
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, see
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 5, epoch]).generate_state(1)[0]))
     return distributed.shuffled_loader(dataset, cfg.batch_size, generator, ctx, num_workers=cfg.num_workers,
-                                       pin_memory=cfg.pin_memory and device.type == "cuda")
+                                       pin_memory=cfg.pin_memory and device.type == "cuda", collate_fn=collate_crops)
 
 
 def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int,
@@ -83,28 +85,27 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
     check_distributed(cfg, len(dataset), ctx)
     if ctx.distributed and cfg.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
+    channels_last = accel.use_channels_last(cfg.channels_last, device)
+    accel.prepare(model, device, cfg.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    use_amp = cfg.amp and device.type == "cuda"
-    if cfg.amp and not use_amp:
-        log.info("segmentation.train.amp applies to CUDA only; training in float32 on %s", device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp = accel.precision(cfg.amp, device, "segmentation.train.amp")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp.scaler)
     result = TrainResult(model)
     if state is not None:
         result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
-    forward = distributed.wrap(model, ctx)
+    forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
+    crops = dataset.uint8()  # the same crops as uint8: `device_batch` converts them where they train
 
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         start = time.perf_counter()
         model.train()
         loss_sum, examples, correct, labelled = 0.0, 0, 0, 0
-        batches = tqdm(epoch_loader(dataset, cfg, seed, epoch, device, ctx), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        batches = tqdm(epoch_loader(crops, cfg, seed, epoch, device, ctx), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        leave=False, mininterval=5.0, disable=not ctx.is_main)
         for images, labels in batches:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            images, labels = device_batch(images, labels, device, channels_last)
+            with torch.autocast(device_type=device.type, dtype=amp.dtype, enabled=amp.autocast):
                 logits = forward(images)
             loss = pixel_loss(logits, labels)
             total = loss.sum()

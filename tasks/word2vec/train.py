@@ -112,6 +112,20 @@ def pair_loss(logits: torch.Tensor, part: Entries) -> torch.Tensor:
     return (bce * part.weights).sum()
 
 
+def make_optimizer(model: SkipGram, cfg: Word2vecTrainParams, device: torch.device) -> torch.optim.Optimizer:
+    """The book's dense Adam (`adam`), or `sparse_adam`: torch.optim.SparseAdam on the sparse row
+    gradients of `SkipGram.pair_logits_sparse`. SparseAdam is lazy Adam: a row's moments and weights
+    change only in the steps whose batch touches it (bias correction by the global step).
+
+    On PTB's 6.7k-word tables it is slower on a CPU (benchmarks/word2vec_bench.py, README): the dense
+    fused Adam is ~11% of a step, the per-pair gathers, products and scatter-adds (the same in both)
+    the rest, and SparseAdam's step, coalescing included, costs more than that. It is meant for tables
+    large enough that a batch touches few of their rows."""
+    if cfg.optimizer == "sparse_adam":
+        return torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+
+
 @dataclass
 class TrainResult:
     model: SkipGram
@@ -132,9 +146,14 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
     `cfg.resample_every_epoch`, where epoch e > 0 draws anew from `corpus` with its own seed).
     """
     ctx = ctx or distributed.Context(device)
+    sparse = cfg.optimizer == "sparse_adam"
+    if sparse and ctx.distributed:
+        raise D2lflowError("word2vec.train.optimizer=sparse_adam trains in one process only (DDP averages dense "
+                           f"gradients; {ctx.world_size} processes were asked for): set word2vec.train.optimizer "
+                           "to adam, or distributed.nproc_per_node and nnodes to 1")
     torch.manual_seed(seed)
     model = SkipGram(vocab_size, cfg.embed_size).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+    optimizer = make_optimizer(model, cfg, device)
     result = TrainResult(model)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -143,7 +162,10 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         result.resumed_from_epoch = int(state["epoch"])
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     # DDP hooks the wrapped module's forward: the ragged form goes through PairLogits.forward.
-    pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
+    if sparse:
+        pair_logits = model.pair_logits_sparse
+    else:
+        pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
 
     entries = None
     for epoch in range(result.resumed_from_epoch, cfg.epochs):

@@ -1,0 +1,114 @@
+"""word2vec's `sparse_adam` optimiser option: trains, touches only a batch's rows, resumes exactly;
+the book's dense Adam stays the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.skipgram import SkipGram
+from tasks import distributed
+from tasks.errors import D2lflowError
+from tasks.params import Word2vecTrainParams, load_params
+from tasks.runtime import load_checkpoint
+from tasks.word2vec.train import flatten_examples, make_optimizer, pair_loss, train
+from tests.word2vec_fixtures import Preprocessed, random_samples
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_ptb(tmp_path_factory) -> Preprocessed:
+    return Preprocessed(tmp_path_factory.mktemp("ptb2000"), sentences=2000)
+
+
+def _cfg(**changes) -> Word2vecTrainParams:
+    return Word2vecTrainParams(embed_size=16, batch_size=64, epochs=3, optimizer="sparse_adam").model_copy(
+        update=changes)
+
+
+def _train(data: Preprocessed, cfg: Word2vecTrainParams, checkpoint: Path, **kwargs):
+    return train(data.samples, data.corpus, data.vocab.counts, len(data.vocab), cfg, data.pre_cfg, 0, CPU,
+                 checkpoint, "fp", **kwargs)
+
+
+def test_the_default_optimiser_is_the_books_dense_adam():
+    assert Word2vecTrainParams().optimizer == "adam"
+    assert load_params(REPO / "params.yaml").word2vec.train.optimizer == "adam"
+    model = SkipGram(10, 4)
+    assert type(make_optimizer(model, Word2vecTrainParams(), CPU)) is torch.optim.Adam
+    assert type(make_optimizer(model, _cfg(), CPU)) is torch.optim.SparseAdam
+
+
+def test_sparse_logits_equal_the_dense_ones_and_give_sparse_gradients_of_equal_value():
+    torch.manual_seed(0)
+    model = SkipGram(30, 8)
+    centers, words = torch.tensor([1, 1, 4, 7, 7, 7]), torch.tensor([2, 3, 3, 9, 2, 2])
+    weights = torch.rand(6)
+    dense = model.pair_logits(centers, words)
+    (dense * weights).sum().backward()
+    dense_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    sparse = model.pair_logits_sparse(centers, words)
+    (sparse * weights).sum().backward()
+    assert torch.allclose(sparse, dense, atol=1e-6)
+    for p, expected in zip(model.parameters(), dense_grads, strict=True):
+        assert p.grad.is_sparse
+        assert torch.allclose(p.grad.to_dense(), expected, atol=1e-6)
+
+
+def test_a_sparse_step_changes_only_the_rows_its_batch_touches():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    vocab_size = 50
+    samples = random_samples(rng, 8, vocab_size, k=2, max_ctx=3)
+    part = flatten_examples(samples, np.arange(len(samples)))
+    model = SkipGram(vocab_size, 6)
+    optimizer = make_optimizer(model, _cfg(), CPU)
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):  # later steps: untouched rows keep their weights though their moments exist
+        optimizer.zero_grad(set_to_none=True)
+        pair_loss(model.pair_logits_sparse(part.centers, part.words), part).backward()
+        optimizer.step()
+    for weight, old, touched in zip(model.parameters(), before, (part.centers, part.words), strict=True):
+        rows = torch.zeros(vocab_size, dtype=torch.bool)
+        rows[touched] = True
+        assert 0 < int(rows.sum()) < vocab_size
+        changed = (weight.detach() != old).any(dim=1)
+        assert torch.equal(changed, rows)
+
+
+def test_sparse_training_reduces_the_loss_and_is_reproducible(small_ptb: Preprocessed, tmp_path: Path):
+    a = _train(small_ptb, _cfg(lr=0.01), tmp_path / "a.pt")
+    b = _train(small_ptb, _cfg(lr=0.01), tmp_path / "b.pt")
+    losses = [h["loss"] for h in a.history]
+    assert losses[0] < np.log(2) + 0.05
+    assert losses[-1] < losses[0] - 0.05
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    dense = _train(small_ptb, _cfg(lr=0.01, optimizer="adam"), tmp_path / "c.pt")
+    assert not torch.equal(dense.model.embed_v.weight, a.model.embed_v.weight)
+
+
+def test_sparse_training_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(
+        small_ptb: Preprocessed, tmp_path: Path):
+    cfg = _cfg()
+    whole = _train(small_ptb, cfg, tmp_path / "whole.pt")
+    _train(small_ptb, cfg.model_copy(update={"epochs": 1}), tmp_path / "part.pt")
+    state = load_checkpoint(tmp_path / "part.pt", "fp")
+    assert state is not None and state["epoch"] == 1 and state["optimizer"]["state"]
+    resumed = _train(small_ptb, cfg, tmp_path / "part.pt", state=state)
+    assert resumed.resumed_from_epoch == 1
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+
+
+def test_sparse_adam_under_ddp_is_refused_with_the_keys_to_change(small_ptb: Preprocessed, tmp_path: Path):
+    ctx = distributed.Context(CPU, rank=0, world_size=2, backend="gloo")
+    with pytest.raises(D2lflowError, match=r"sparse_adam.*one process.*word2vec\.train\.optimizer"):
+        _train(small_ptb, _cfg(), tmp_path / "x.pt", ctx=ctx)
