@@ -25,6 +25,7 @@ from tasks import lineage
 from tasks.atomic import read_json, write_json
 from tasks.errors import D2lflowError
 from tasks.params import Params, RegisterParams, flatten
+from tasks.progress import describe_run
 from tasks.runtime import library_versions
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,14 @@ def _absolute_sqlite(uri: str, root: Path) -> str:
     return uri
 
 
+def tracking_uri(params: Params) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else `mlflow.tracking_uri` (a relative SQLite path is the repository's)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or _absolute_sqlite(params.mlflow.tracking_uri, params.root())
+
+
 def configure(params: Params) -> str:
     """Point MLflow at the configured tracking (and registry) store; returns the tracking URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or _absolute_sqlite(params.mlflow.tracking_uri, params.root())
+    uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or params.mlflow.registry_uri
     if registry:
@@ -141,6 +147,7 @@ def training_run(pipeline: str, params: Params, device: str, run_file: Path, dat
         if dataset_dir is not None:
             _log_dataset(params, dataset_dir)
         write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+        log.info("MLflow run: %s", describe_run(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id))
         yield run
 
 
