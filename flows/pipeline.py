@@ -21,7 +21,7 @@ from tasks.cli import acquire_and_version, quiet_environment
 from tasks.dvc_repo import repo_lock, run_dvc, stage_environment
 from tasks.errors import D2lflowError
 from tasks.params import load_params
-from tasks.progress import describe_run
+from tasks.progress import run_url, ui_command
 from tasks.relay import StageOutput
 
 __all__ = ["commit_hint", "dvc_stages", "log_report", "pipeline_flow", "repro_stage", "run_dvc", "run_link",
@@ -72,19 +72,21 @@ def run_stages(repo: Path, pipeline: str) -> None:
         dvc_stage_task.with_options(name=f"dvc repro {stage}")(stage, str(repo))
 
 
-def run_link(pipeline: str, root: Path, run_id: str) -> str:
-    """Where to watch the run in MLflow (tasks.progress.describe_run), from the train stage's run.json."""
+def run_link(pipeline: str, root: Path, run_id: str) -> tuple[str, str | None]:
+    """The run's page in MLflow and, for a store that is no server, the `mlflow ui` command serving it
+    there (tasks.progress); the experiment comes from the train stage's run.json."""
     from tasks import tracking
 
     params = load_params(root / "params.yaml")
+    uri = tracking.tracking_uri(params)
     recorded = read_json(params.path(getattr(params, pipeline).train.out_dir) / "run.json")
     if recorded.get("run_id") == run_id:
         experiment = recorded["experiment_id"]
     else:  # the register stage started its own run (the store lacked the train stage's)
         from mlflow import MlflowClient
 
-        experiment = MlflowClient(tracking.tracking_uri(params)).get_run(run_id).info.experiment_id
-    return describe_run(tracking.tracking_uri(params), experiment, run_id)
+        experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return run_url(uri, experiment, run_id), ui_command(uri)
 
 
 def summary_markdown(pipeline: str, root: Path, overrides: list[str] | None = None) -> tuple[str, dict[str, Any]]:
@@ -102,7 +104,7 @@ def summary_markdown(pipeline: str, root: Path, overrides: list[str] | None = No
         f"Primary metric `{registered['primary_metric']}` = {registered['primary_metric_value']}"
         f" (previous champion: {registered['previous_champion_value']}); MLflow run `{registered['run_id']}`.",
         "",
-        _markdown_link(run_link(pipeline, root, registered["run_id"])),
+        _markdown_link(*run_link(pipeline, root, registered["run_id"])),
         "",
         "Overrides (`-S`): " + (", ".join(f"`{item}`" for item in overrides) if overrides else "none"),
         "",
@@ -113,9 +115,8 @@ def summary_markdown(pipeline: str, root: Path, overrides: list[str] | None = No
     return text, {"metrics": metrics, "train": train_metrics, "registered": registered}
 
 
-def _markdown_link(described: str) -> str:
-    url, _, note = described.partition(" ")
-    return f"[MLflow run]({url}){' ' + note if note else ''}"
+def _markdown_link(url: str, command: str | None) -> str:
+    return f"[MLflow run]({url})" + (f" (once `{command}` runs)" if command else "")
 
 
 def commit_hint(root: Path) -> str | None:
@@ -129,8 +130,8 @@ def commit_hint(root: Path) -> str | None:
     changed = [Path(top.stdout.strip(), line[3:].strip('"')) for line in done.stdout.splitlines() if line[3:]]
     if not changed:
         return None
-    names = " ".join(str(path.relative_to(root.resolve())) if path.is_relative_to(root.resolve()) else str(path)
-                     for path in changed)
+    names = " ".join(sorted(str(path.relative_to(root.resolve())) if path.is_relative_to(root.resolve())
+                            else str(path) for path in changed))
     return f"to version this run: git add {names} && git commit"
 
 
@@ -140,7 +141,8 @@ def log_report(pipeline: str, root: Path, text: str, summary: dict[str, Any],
     logger.info("%s", text.splitlines()[0].lstrip("# ").replace("`", ""))
     logger.info("metrics: %s", ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                                          for key, value in sorted(summary["metrics"].items())))
-    logger.info("MLflow run: %s", run_link(pipeline, root, summary["registered"]["run_id"]))
+    url, command = run_link(pipeline, root, summary["registered"]["run_id"])
+    logger.info("MLflow run: %s%s", url, f" (once `{command}` runs)" if command else "")
     if hint := commit_hint(root):
         logger.info("%s", hint)
 

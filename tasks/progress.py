@@ -68,9 +68,15 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves a store that is no server on `MLFLOW_UI` (None for a tracking server)."""
+    if tracking_uri.startswith(("http:", "https:")):
+        return None
+    return f"mlflow ui --backend-store-uri {_without_credentials(tracking_uri)}"
+
+
 def describe_run(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """`run_url`, and for a store that is no server, the command that serves it there."""
     url = run_url(tracking_uri, experiment_id, run_id)
-    if tracking_uri.startswith(("http:", "https:")):
-        return url
-    return f"{url} (once `mlflow ui --backend-store-uri {_without_credentials(tracking_uri)}` runs)"
+    command = ui_command(tracking_uri)
+    return url if command is None else f"{url} (once `{command}` runs)"

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tasks.progress import EpochProgress, describe_run, duration, run_url
+from tasks.progress import EpochProgress, describe_run, duration, run_url, ui_command
 
 
 class Clock:
@@ -61,4 +61,5 @@ def test_a_sqlite_store_points_at_mlflow_ui_and_says_how_to_start_it() -> None:
 def test_a_tracking_server_is_linked_directly_without_credentials() -> None:
     assert describe_run("https://alice:s3cret@mlflow.example.org:8443/", "1", "r1") == (
         "https://mlflow.example.org:8443/#/experiments/1/runs/r1")
-    assert "s3cret" not in describe_run("postgresql://bob:s3cret@db:5432/mlflow", "1", "r1")
+    assert ui_command("http://127.0.0.1:5001") is None
+    assert ui_command("postgresql://bob:s3cret@db:5432/mlflow") == "mlflow ui --backend-store-uri postgresql://db:5432/mlflow"
