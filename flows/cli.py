@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="set a value in params.yaml first, e.g. -S word2vec.data.source=d2l")
     run.add_argument("--no-prefect", action="store_true", help="run `dvc repro` directly instead of the Prefect flow")
     run.add_argument("--skip-acquire", action="store_true", help="use data/ as it is (e.g. after `dvc pull`)")
+    run.add_argument("--json", action="store_true", help="print the metrics and the registration as JSON at the end")
     acquire = sub.add_parser("acquire", help="acquire the raw data of every pipeline and version it (dvc add data)")
     for command in (run, acquire):
         command.add_argument("--root", default=".", help="repository root (default: current directory)")
@@ -60,31 +62,36 @@ def main(argv: list[str] | None = None) -> int:
 
                 check_tracking(root)  # a tracking server that does not answer fails here, even if every stage is cached
                 if args.no_prefect:
-                    summary = _run_without_prefect(args.pipeline, root, acquire=not args.skip_acquire)
+                    summary = _run_without_prefect(args.pipeline, root, not args.skip_acquire, args.overrides)
                 else:
                     _prefect_defaults(root)
                     from flows.pipeline import pipeline_flow
 
-                    summary = pipeline_flow(args.pipeline, str(root), acquire=not args.skip_acquire)
+                    summary = pipeline_flow(args.pipeline, str(root), acquire=not args.skip_acquire,
+                                            overrides=args.overrides)
     except (D2lflowError, OSError) as caught:  # a refused write (read-only, full disk) is the user's too
         error = caught if isinstance(caught, D2lflowError) else filesystem_error(caught)
         if error is None:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    if args.command == "acquire" or args.json:  # a run has logged its summary already
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
 
 
-def _run_without_prefect(pipeline: str, root: Path, acquire: bool) -> dict:
-    from flows.pipeline import dvc_stages, run_dvc, summary_markdown
+def _run_without_prefect(pipeline: str, root: Path, acquire: bool, overrides: list[str]) -> dict:
+    from flows.pipeline import dvc_stages, log_report, repro_stage, summary_markdown
 
+    logger = logging.getLogger("d2lflow")
     with repo_lock(root, f"d2lflow run {pipeline} --no-prefect"):
         if acquire:
             acquire_and_version(root)
         for stage in dvc_stages(root, pipeline):
-            print(run_dvc(root, "repro", "--single-item", stage), file=sys.stderr)
-        return summary_markdown(pipeline, root)[1]  # read under the lock: this run's outputs, not the next one's
+            repro_stage(root, stage, logger)
+        text, summary = summary_markdown(pipeline, root, overrides)  # under the lock: this run's outputs
+    log_report(pipeline, root, text, summary, logger)
+    return summary
 
 
 if __name__ == "__main__":

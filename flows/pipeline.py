@@ -6,6 +6,8 @@ instead of re-implementing the DAG, so a flow run and a manual `dvc repro` write
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,13 @@ from tasks.cli import acquire_and_version, quiet_environment
 from tasks.dvc_repo import repo_lock, run_dvc, stage_environment
 from tasks.errors import D2lflowError
 from tasks.params import load_params
+from tasks.progress import run_url, ui_command
+from tasks.relay import StageOutput
 
-__all__ = ["check_tracking", "dvc_stages", "pipeline_flow", "run_dvc", "run_stages", "stage_environment",
-           "summary_markdown"]
+__all__ = ["check_tracking", "commit_hint", "dvc_stages", "log_report", "pipeline_flow", "repro_stage", "run_dvc",
+           "run_link", "run_stages", "stage_environment", "summary_markdown"]
+
+VERSIONED = ("dvc.lock", "params.yaml", "*.dvc", ".gitignore")  # what a run may change that git should record
 
 
 def dvc_stages(root: Path, pipeline: str) -> list[str]:
@@ -43,14 +49,21 @@ def acquire_task(root: str) -> dict[str, Any]:
     return summary
 
 
+def repro_stage(root: Path, stage: str, logger: logging.Logger | logging.LoggerAdapter) -> str:
+    """`dvc repro --single-item STAGE`, its output relayed to `logger` as it arrives (tasks.relay: records
+    keep their level, progress bars become periodic lines, DVC's git hints go to DEBUG)."""
+    relay = StageOutput(logger)
+    try:
+        return run_dvc(root, "repro", "--single-item", stage, on_output=relay)
+    finally:
+        relay.flush()
+
+
 @task(name="dvc-stage")
 def dvc_stage_task(stage: str, root: str) -> str:
-    """One DVC stage: `dvc repro --single-item STAGE` (skipped by DVC when nothing it depends on changed)."""
-    logger = get_run_logger()
-    output = run_dvc(Path(root), "repro", "--single-item", stage)
-    for line in output.splitlines()[-20:]:
-        logger.info("%s", line)
-    return output
+    """One DVC stage: `dvc repro --single-item STAGE` (skipped by DVC when nothing it depends on changed),
+    its progress in the task's logs while it runs."""
+    return repro_stage(Path(root), stage, get_run_logger())
 
 
 def check_tracking(repo: Path) -> None:
@@ -66,9 +79,27 @@ def run_stages(repo: Path, pipeline: str) -> None:
         dvc_stage_task.with_options(name=f"dvc repro {stage}")(stage, str(repo))
 
 
-def summary_markdown(pipeline: str, root: Path) -> tuple[str, dict[str, Any]]:
-    """A markdown summary: evaluation and train metrics and what this run's register stage did
-    (outcome.json: registered a version, completed an interrupted one, or found it unchanged)."""
+def run_link(pipeline: str, root: Path, run_id: str) -> tuple[str, str | None]:
+    """The run's page in MLflow and, for a store that is no server, the `mlflow ui` command serving it
+    there (tasks.progress); the experiment comes from the train stage's run.json."""
+    from tasks import tracking
+
+    params = load_params(root / "params.yaml")
+    uri = tracking.tracking_uri(params)
+    recorded = read_json(params.path(getattr(params, pipeline).train.out_dir) / "run.json")
+    if recorded.get("run_id") == run_id:
+        experiment = recorded["experiment_id"]
+    else:  # the register stage started its own run (the store lacked the train stage's)
+        from mlflow import MlflowClient
+
+        experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return run_url(uri, experiment, run_id), ui_command(uri)
+
+
+def summary_markdown(pipeline: str, root: Path, overrides: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """A markdown summary: evaluation and train metrics, what this run's register stage did
+    (outcome.json: registered a version, completed an interrupted one, or found it unchanged), the
+    MLflow run and the `-S` overrides the run was started with."""
     params = load_params(root / "params.yaml")
     section = getattr(params, pipeline)
     metrics = read_json(params.path(section.evaluate.out_dir) / "metrics.json")
@@ -83,13 +114,52 @@ def summary_markdown(pipeline: str, root: Path) -> tuple[str, dict[str, Any]]:
     else:
         detail = (f"Primary metric `{registered['primary_metric']}` = {registered['primary_metric_value']} (previous "
                   f"champion: {registered['previous_champion_value']}); MLflow run `{registered['run_id']}`.")
-    text = "\n".join([headline, "", detail, "", "| metric | value |", "|---|---|", *rows])
+    text = "\n".join([
+        headline, "", detail, "",
+        _markdown_link(*run_link(pipeline, root, registered["run_id"])), "",
+        "Overrides (`-S`): " + (", ".join(f"`{item}`" for item in overrides) if overrides else "none"), "",
+        "| metric | value |", "|---|---|", *rows,
+    ])
     return text, {"metrics": metrics, "train": train_metrics, "registered": registered, "registration": outcome}
 
 
+def _markdown_link(url: str, command: str | None) -> str:
+    return f"[MLflow run]({url})" + (f" (once `{command}` runs)" if command else "")
+
+
+def commit_hint(root: Path) -> str | None:
+    """What to commit after a run: the versioned files it changed (dvc.lock, params.yaml, data.dvc, ...),
+    as one `git add` line; None outside git or when nothing changed."""
+    done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *VERSIONED], cwd=root,
+                          capture_output=True, text=True)
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0 or top.returncode != 0:
+        return None
+    changed = [Path(top.stdout.strip(), line[3:].strip('"')) for line in done.stdout.splitlines() if line[3:]]
+    if not changed:
+        return None
+    names = " ".join(sorted(str(path.relative_to(root.resolve())) if path.is_relative_to(root.resolve())
+                            else str(path) for path in changed))
+    return f"to version this run: git add {names} && git commit"
+
+
+def log_report(pipeline: str, root: Path, text: str, summary: dict[str, Any],
+               logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """The end of a run on the console: the registration, the metrics, the MLflow run, what to commit."""
+    logger.info("%s", text.splitlines()[0].lstrip("# ").replace("`", ""))
+    logger.info("metrics: %s", ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                                         for key, value in sorted(summary["metrics"].items())))
+    url, command = run_link(pipeline, root, summary["registered"]["run_id"])
+    logger.info("MLflow run: %s%s", url, f" (once `{command}` runs)" if command else "")
+    if hint := commit_hint(root):
+        logger.info("%s", hint)
+
+
 @flow(name="d2lflow-pipeline")
-def pipeline_flow(pipeline: str = "word2vec", root: str = ".", acquire: bool = True) -> dict[str, Any]:
-    """Acquire → every DVC stage of `pipeline` → a markdown artifact with the metrics and the model version."""
+def pipeline_flow(pipeline: str = "word2vec", root: str = ".", acquire: bool = True,
+                  overrides: list[str] | None = None) -> dict[str, Any]:
+    """Acquire → every DVC stage of `pipeline` → a markdown artifact with the metrics and the model version.
+    `overrides`: the `-S` values the run was started with (listed in the artifact)."""
     quiet_environment()
     repo = Path(root).resolve()
     check_tracking(repo)
@@ -97,9 +167,9 @@ def pipeline_flow(pipeline: str = "word2vec", root: str = ".", acquire: bool = T
         if acquire:
             acquire_task(str(repo))
         run_stages(repo, pipeline)
-        text, summary = summary_markdown(pipeline, repo)  # under the lock: this run's outputs
+        text, summary = summary_markdown(pipeline, repo, overrides)  # under the lock: this run's outputs
     create_markdown_artifact(markdown=text, key=f"{pipeline}-summary", description=f"{pipeline} run summary")
-    get_run_logger().info("%s", text.splitlines()[0])
+    log_report(pipeline, repo, text, summary, get_run_logger())
     return summary
 
 

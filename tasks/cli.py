@@ -53,19 +53,26 @@ def acquire_and_version(root: Path) -> dict[str, Any]:
 
 
 def quiet_environment() -> None:
-    """Offline, telemetry-free defaults for the libraries we drive (a user's own setting wins)."""
+    """Offline, telemetry-free defaults for the libraries we drive, and MLflow without its INFO chatter and
+    download bars (its warnings stay); a user's own setting wins. Stage subprocesses inherit them."""
     for key, value in {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
-                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GIT_PYTHON_REFRESH": "quiet"}.items():
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GIT_PYTHON_REFRESH": "quiet",
+                       "MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
         os.environ.setdefault(key, value)
 
 
+NOISY_LOGGERS = ("alembic", "mlflow", "urllib3", "httpx", "gensim", "smart_open", "matplotlib", "PIL", "filelock")
+
+
 def setup_logging() -> None:
+    """Our records at INFO on stderr ("%(asctime)s %(levelname)s name: message": tasks.relay parses it back);
+    third-party libraries at WARNING."""
     from tasks.distributed import rank_label
 
     rank = f"[{rank_label()}] " if rank_label() else ""  # torchrun interleaves the ranks' logs
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s",
                         stream=sys.stderr)
-    for noisy in ("alembic", "mlflow.store", "urllib3", "httpx"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -9,14 +9,16 @@ so two writers never interleave on dvc.lock.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,9 +114,40 @@ def _dvc_lock_holder(root: Path) -> str:
     return f" (held by pid {pid})" if pid.isdigit() else ""
 
 
-def _dvc(root: Path, args: tuple[str, ...], env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=stage_environment(env),
-                          capture_output=True, text=True)
+OutputHandler = Callable[[str, bool], None]  # (text, frame): frame when the text ended with '\r', not '\n'
+
+
+def stream_process(command: list[str], cwd: Path, env: Mapping[str, str], on_output: OutputHandler) -> tuple[int, str]:
+    """Run `command` with stdout and stderr merged, handing each line (and each '\r'-ended progress frame)
+    to `on_output` as it arrives; returns the exit code and the lines (frames left out)."""
+    lines: list[str] = []
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    with subprocess.Popen(command, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as process:
+        fd = process.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            pending += decoder.decode(chunk)
+            held = "\r" if pending.endswith("\r") else ""  # the first half of a "\r\n" split between reads
+            *pieces, pending = re.split(r"(\r\n|\n|\r)", pending[:len(pending) - len(held)])
+            pending += held
+            for text, end in zip(pieces[::2], pieces[1::2]):
+                frame = end == "\r"
+                if not frame:
+                    lines.append(text)
+                on_output(text, frame)
+        if tail := (pending + decoder.decode(b"", final=True)).rstrip("\r"):
+            lines.append(tail)
+            on_output(tail, False)
+    return process.returncode, "\n".join(lines).strip()
+
+
+def _dvc(root: Path, args: tuple[str, ...], env: Mapping[str, str] | None = None,
+         on_output: OutputHandler | None = None) -> tuple[int, str]:
+    command = [sys.executable, "-m", "dvc", *args]
+    if on_output is not None:
+        return stream_process(command, root, stage_environment(env), on_output)
+    done = subprocess.run(command, cwd=root, env=stage_environment(env), capture_output=True, text=True)
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
@@ -124,17 +157,19 @@ def _failed(root: Path, args: tuple[str, ...], code: int, output: str) -> D2lflo
 
 
 def run_dvc(root: Path, *args: str, lock: bool = True, timeout: float | None = None,
-            env: Mapping[str, str] | None = None) -> str:
+            env: Mapping[str, str] | None = None, on_output: OutputHandler | None = None) -> str:
     """Run a DVC command in `root` and return its output; a failure raises with DVC's own output.
 
     With `lock` (every command that writes: repro, add, push, pull, ...) it runs under `repo_lock`,
     and while a DVC process we did not start holds DVC's lock (e.g. a manual `dvc repro`) it is retried
     with backoff; both waits together last at most `timeout` seconds (default `dvc.lock_timeout_seconds`).
     `lock=False` is for commands that only read (`dvc remote list`). `env`: extra environment variables.
+    `on_output`: streams the output (stdout and stderr merged) as it arrives, line by line (a long stage's
+    progress); without it, the output is captured and returned, stdout before stderr (for parsing).
     """
     root = Path(root)
     if not lock:
-        code, output = _dvc(root, args, env)
+        code, output = _dvc(root, args, env, on_output)
         if code != 0:
             raise _failed(root, args, code, output)
         return output
@@ -144,7 +179,7 @@ def run_dvc(root: Path, *args: str, lock: bool = True, timeout: float | None = N
     command = f"dvc {' '.join(args)}"
     with repo_lock(root, f"`{command}`", timeout=wait):
         while True:
-            code, output = _dvc(root, args, env)
+            code, output = _dvc(root, args, env, on_output)
             if code == 0:
                 return output
             if DVC_LOCK_ERROR not in output:

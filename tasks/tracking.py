@@ -33,6 +33,7 @@ from tasks import lineage
 from tasks.atomic import read_json, write_json
 from tasks.errors import D2lflowError
 from tasks.params import Params, RegisterParams, flatten
+from tasks.progress import describe_run
 from tasks.runtime import cache_dir, library_versions
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,16 @@ def artifact_root(params: Params) -> Path:
     return path if path.is_absolute() else store_root(params) / path
 
 
+def tracking_uri(params: Params) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else `mlflow.tracking_uri`; a relative one resolves against
+    `store_root`: the user's repository, also inside DVC's experiment executors."""
+    return _absolute_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri, store_root(params))
+
+
 def configure(params: Params) -> str:
-    """Point MLflow at the configured tracking (and registry) store; returns the tracking URI.
-    Relative URIs (from params or MLFLOW_*_URI) resolve against `store_root`: the user's repository,
-    also inside DVC's experiment executors."""
+    """Point MLflow at the configured tracking (and registry) store; returns the tracking URI."""
     root = store_root(params)
-    uri = _absolute_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri, root)
+    uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or params.mlflow.registry_uri
     if registry:
@@ -214,6 +219,7 @@ def training_run(pipeline: str, params: Params, device: str, run_file: Path, dat
         if dataset_dir is not None:
             _log_dataset(params, dataset_dir)
         write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+        log.info("MLflow run: %s", describe_run(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id))
         yield run
 
 

@@ -25,6 +25,7 @@ from tasks import accel, distributed
 from tasks.detection.data import DetectionDataset, collate
 from tasks.errors import D2lflowError
 from tasks.params import DetectionTrainParams
+from tasks.progress import EpochProgress
 from tasks.runtime import restore, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
 
+    epoch_lines = EpochProgress("detection_train", cfg.epochs, result.resumed_from_epoch, enabled=ctx.is_main)
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         loader = epoch_loader(dataset, cfg, seed, epoch, ctx)
         warmup = None
@@ -106,8 +108,8 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
         record = {"epoch": epoch + 1, **{name: sums[name] / steps for name in LOSSES},
                   "loss": sum(sums.values()) / steps, "images_per_s": images_seen / seconds}
         result.history.append(record)
-        log.info("epoch %d: loss %.4f (%s), %.2f images/s", epoch + 1, record["loss"],
-                 ", ".join(f"{n} {record[n]:.3f}" for n in LOSSES), record["images_per_s"])
+        epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
+                          **{name: record[name] for name in LOSSES})
         if ctx.is_main:
             save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
                                          "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),

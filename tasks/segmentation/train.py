@@ -29,6 +29,7 @@ from tqdm import tqdm
 from tasks import accel, distributed
 from tasks.errors import D2lflowError
 from tasks.params import SegmentationTrainParams
+from tasks.progress import EpochProgress
 from tasks.runtime import restore, save_checkpoint
 from tasks.segmentation.data import SegmentationDataset, collate_crops, device_batch
 from tasks.voc import VOID
@@ -97,6 +98,7 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
     forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
     crops = dataset.uint8()  # the same crops as uint8: `device_batch` converts them where they train
 
+    epoch_lines = EpochProgress("segmentation_train", cfg.epochs, result.resumed_from_epoch, enabled=ctx.is_main)
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         start = time.perf_counter()
         model.train()
@@ -129,8 +131,8 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
                   "train_pixel_accuracy": correct / max(labelled, 1),
                   "images_per_s": examples / seconds, "seconds": seconds}
         result.history.append(record)
-        log.info("epoch %d: loss %.4f, train pixel accuracy %.3f, %.2f images/s", epoch + 1, record["loss"],
-                 record["train_pixel_accuracy"], record["images_per_s"])
+        epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
+                       train_pixel_accuracy=record["train_pixel_accuracy"])
         if ctx.is_main:
             save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
                                          "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),

@@ -29,6 +29,7 @@ from models.skipgram import PairLogits, SkipGram
 from tasks import distributed
 from tasks.errors import D2lflowError
 from tasks.params import Word2vecPreprocessParams, Word2vecTrainParams
+from tasks.progress import EpochProgress
 from tasks.runtime import save_checkpoint
 from tasks.word2vec.preprocess import Corpus, Samples, make_samples, split_rng
 
@@ -168,6 +169,7 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
 
     entries = None
+    epoch_lines = EpochProgress("word2vec_train", cfg.epochs, result.resumed_from_epoch, enabled=ctx.is_main)
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         start = time.perf_counter()
         drawn = samples
@@ -197,7 +199,7 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         record = {"epoch": epoch + 1, "loss": loss_sum / examples, "seconds": seconds,
                   "center_words_per_s": examples / seconds}
         result.history.append(record)
-        log.info("epoch %d: loss %.4f, %.0f center words/s", epoch + 1, record["loss"], record["center_words_per_s"])
+        epoch_lines.epoch(epoch + 1, record["loss"], record["center_words_per_s"], "center words/s")
         if ctx.is_main:
             save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
                                          "optimizer": optimizer.state_dict(), "history": result.history,
