@@ -86,10 +86,11 @@ def run_link(pipeline: str, root: Path, run_id: str) -> tuple[str, str | None]:
 
     params = load_params(root / "params.yaml")
     uri = tracking.tracking_uri(params)
-    recorded = read_json(params.path(getattr(params, pipeline).train.out_dir) / "run.json")
+    run_file = params.path(getattr(params, pipeline).train.out_dir) / "run.json"
+    recorded = read_json(run_file) if run_file.is_file() else {}
     if recorded.get("run_id") == run_id:
         experiment = recorded["experiment_id"]
-    else:  # the register stage started its own run (the store lacked the train stage's)
+    else:  # the register stage started its own run (the store lacked the train stage's), or no run.json
         from mlflow import MlflowClient
 
         experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
