@@ -154,14 +154,16 @@ def write_page(root: Path, out_dir: Path, pipeline: str | None = None) -> dict[s
             "not_drawn": missing}
 
 
-def log_stage_figures(root: Path, stage: str, history: Path) -> list[str]:
-    """In the active MLflow run: `history` (the stage's per-epoch CSV) under `history/`, and the PNGs of
+def log_stage_figures(root: Path, stage: str, files: list[Path]) -> list[str]:
+    """In the active MLflow run: `files` (the stage's per-epoch CSVs) under `history/`, and the PNGs of
     the stage's dvc.yaml plots under `plots/`. A figure that cannot be drawn is a warning, not a failed
     training run; returns the artifact paths logged."""
     import mlflow
 
-    mlflow.log_artifact(str(history), "history")
-    logged = [f"history/{history.name}"]
+    logged = []
+    for path in files:
+        mlflow.log_artifact(str(path), "history")
+        logged.append(f"history/{path.name}")
     try:
         figures, missing = dvc_figures(root, plot_targets(root, stage=stage))
         for line in missing:
@@ -175,3 +177,15 @@ def log_stage_figures(root: Path, stage: str, history: Path) -> list[str]:
     except (D2lflowError, OSError, ValueError) as error:
         log.warning("the figures of %s were not logged to MLflow: %s", stage, error)
     return logged
+
+
+def write_validation(path: Path, history: list[dict]) -> list[dict]:
+    """The epochs that were validated, as `epoch,val_*` rows (a DVC plot; an epoch not validated is
+    absent, not a zero). Returns the rows written."""
+    rows = [h for h in history if any(k.startswith("val_") and h[k] is not None for k in h)]
+    columns = list(dict.fromkeys(k for h in rows for k in h if k.startswith("val_")))
+    text = ",".join(["epoch", *columns]) + "\n" + "".join(
+        ",".join([str(h["epoch"]), *("" if h.get(c) is None else f"{h[c]:.6f}" for c in columns)]) + "\n"
+        for h in rows)
+    write_text(path, text)
+    return rows

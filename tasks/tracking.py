@@ -84,10 +84,10 @@ def experiment_description(pipeline: str, params: Params) -> str:
     stages = [name for name in lineage.stage_names(params.root()) if name.startswith(f"{pipeline}_")]
     register = getattr(params, pipeline).register
     best = "highest" if register.greater_is_better else "lowest"
-    return (f"d2lflow pipeline `{pipeline}`: one run per trained model, from the DVC stages "
-            f"{', '.join(stages) or '(none found in dvc.yaml)'}. Params: `{pipeline}.*` in params.yaml (the -S edits "
-            f"of a run are in its name). Registered model `{register.model_name}`: alias `champion` on the "
-            f"{best} `{register.primary_metric}`.")
+    return (f"d2lflow pipeline {pipeline}: one run per trained model, from the DVC stages "
+            f"{', '.join(stages) or '(none found in dvc.yaml)'}. Params: {pipeline}.* in params.yaml (a run's name "
+            f"carries its -S edits). Registered model {register.model_name}: alias champion on the {best} "
+            f"{register.primary_metric}.")
 
 
 def _is_count(key: str) -> bool:

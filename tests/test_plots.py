@@ -45,12 +45,14 @@ def drawn_pixels(png: bytes) -> int:
 
 
 def test_plot_targets_follow_the_pipelines_stages() -> None:
-    assert plots.plot_targets(REPO, "word2vec") == ["artifacts/word2vec/train/history.csv"]
+    assert plots.plot_targets(REPO, "word2vec") == ["artifacts/word2vec/train/history.csv", "word2vec_validation"]
     detection = plots.plot_targets(REPO, "detection")
     assert "detection_losses" in detection  # the top-level plot over detection_train's history
     assert "artifacts/detection/evaluate/pr_curves" in detection
     assert not any("word2vec" in t or "segmentation" in t for t in detection)
-    assert plots.plot_targets(REPO, stage="word2vec_train") == ["artifacts/word2vec/train/history.csv"]
+    assert plots.plot_targets(REPO, stage="word2vec_train") == ["artifacts/word2vec/train/history.csv",
+                                                                "word2vec_validation"]
+    assert plots.plot_targets(REPO, stage="word2vec_evaluate") == []
 
 
 def test_the_plots_page_draws_svg_without_scripts_or_network(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -77,7 +79,8 @@ def test_a_train_stage_logs_its_history_and_figures_to_mlflow(tmp_path: Path) ->
     root = make_plots_repo(tmp_path / "repo")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run() as run:
-        logged = plots.log_stage_figures(root, "word2vec_train", root / "artifacts/word2vec/train/history.csv")
+        logged = plots.log_stage_figures(root, "word2vec_train", [root / "artifacts/word2vec/train/history.csv"])
+    # the stage's own plot and the top-level one over its validation.csv (not written here: a warning)
     assert logged == ["history/history.csv", "plots/word2vec_train_history.png"]
     client = MlflowClient()
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "down")))
