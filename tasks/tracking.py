@@ -90,6 +90,16 @@ def experiment_description(pipeline: str, params: Params) -> str:
             f"{register.primary_metric}.")
 
 
+def ui_url(experiment_id: str, run_id: str | None = None, tracking_uri: str | None = None) -> str:
+    """The MLflow UI's page of an experiment (its runs table) or of a run. MLflow 3.17's UI opens every
+    experiment on its GenAI overview unless the link says `workflowType=machine_learning` (or the user
+    picked "Model training" in its top-left switch once). A local store's UI is `mlflow ui` on port 5000."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"experiments/{experiment_id}/runs/{run_id}" if run_id else f"experiments/{experiment_id}"
+    return f"{base}/#/{page}?workflowType=machine_learning"
+
+
 def _is_count(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in COUNT_KEYS)
 
