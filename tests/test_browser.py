@@ -162,7 +162,10 @@ def test_the_prefect_flow_run_page_shows_the_stage_tasks(tmp_path: Path, browser
         stages = [f"dvc repro word2vec_{stage}" for stage in ("preprocess", "train", "evaluate", "register")]
         wait_for(browser, lambda: "Completed" in page_text(browser), "the flow run's state", "prefect-flow-run")
         save_screenshot(browser, "prefect-flow-run-graph")  # the graph is a canvas: its names are not in the DOM
-        browser.get(f"{base}/runs/flow-run/{flow_run.id}?tab=Task%20Runs")  # the list of the run's tasks
+        tab = wait_for(browser, lambda: browser.execute_script(  # the innermost element reading "Task Runs"
+            "const found = [...document.querySelectorAll('*')].filter(e => e.innerText?.trim() === 'Task Runs');"
+            "return found[found.length - 1];"), "the Task Runs tab", "prefect-flow-run")
+        tab.click()  # the list of the run's task runs
 
         def tasks_shown() -> bool:
             text = page_text(browser)
