@@ -68,6 +68,11 @@ def experiment_id(pipeline: str, params: Params) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(pipeline)
     if found is not None:
+        if "mlflow.experimentKind" not in found.tags:  # created before d2lflow set it: kind and description now
+            client.set_experiment_tag(found.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
+            if "mlflow.note.content" not in found.tags:
+                client.set_experiment_tag(found.experiment_id, "mlflow.note.content",
+                                          experiment_description(pipeline, params))
         return found.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):

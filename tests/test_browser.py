@@ -96,7 +96,7 @@ def test_the_compare_page_shows_the_param_that_differs(store: dict, browser) -> 
     row = re.compile(r"word2vec\.train\.lr\s+0\.001\s+0\.005")
     wait_for(browser, lambda: row.search(page_text(browser)), "the row word2vec.train.lr 0.001 0.005",
              "mlflow-compare")
-    cell = browser.find_element("xpath", "//*[normalize-space(text())='word2vec.train.lr']")
+    cell = browser.find_elements("xpath", "//*[normalize-space(text())='word2vec.train.lr']")[-1]  # the table's
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
     save_screenshot(browser, "mlflow-compare")
     text = page_text(browser)

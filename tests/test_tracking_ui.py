@@ -41,6 +41,11 @@ def test_experiment_opens_on_the_runs_table_and_has_a_description(tmp_path: Path
     note = experiment.tags["mlflow.note.content"]
     assert "segmentation_train" in note and "fcn-voc" in note and "mean_iou" in note
     assert tracking.experiment_id("segmentation", params) == experiment.experiment_id  # found, not re-created
+    older = MlflowClient().create_experiment("word2vec")  # made before d2lflow tagged its experiments
+    assert tracking.experiment_id("word2vec", params) == older
+    tags = MlflowClient().get_experiment(older).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "word2vec_train" in tags["mlflow.note.content"]
 
 
 def test_counts_are_tags_and_scores_are_metrics(tmp_path: Path) -> None:
