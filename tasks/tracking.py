@@ -109,6 +109,18 @@ def _is_count(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in COUNT_KEYS)
 
 
+def recorded_numbers(run) -> dict[str, float]:
+    """A run's metrics plus the counts `log_metrics` kept as tags (what its stages' metrics files held)."""
+    counts = {}
+    for key, value in run.data.tags.items():
+        if _is_count(key):
+            try:
+                counts[key] = float(value)
+            except ValueError:
+                continue
+    return {**counts, **run.data.metrics}
+
+
 def changed_params(params: Params, pipeline: str) -> dict[str, Any]:
     """The run's params (`pipeline_params`) that differ from the committed params.yaml: the `-S` edits.
     Empty outside git or when HEAD has no params file (nothing to compare with)."""
