@@ -2,6 +2,7 @@
 
   d2lflow run word2vec [-S key=value ...] [--no-prefect]   acquire + every stage, ends with a registered model
   d2lflow acquire                                          every pipeline's raw data, then `dvc add data`
+  d2lflow plots [PIPELINE] [--out DIR]                     dvc.yaml's plots as a page that renders offline
 
 `-S` edits params.yaml in place (validated first), like `dvc exp run -S`, so what ran is what the
 commit records. It is applied only once this run holds the repository lock (a run started while another
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--skip-acquire", action="store_true", help="use data/ as it is (e.g. after `dvc pull`)")
     run.add_argument("--json", action="store_true", help="print the metrics and the registration as JSON at the end")
     acquire = sub.add_parser("acquire", help="acquire the raw data of every pipeline and version it (dvc add data)")
-    for command in (run, acquire):
+    plots = sub.add_parser("plots", help="dvc.yaml's plots as a page that renders offline (SVG inline)")
+    plots.add_argument("pipeline", nargs="?", choices=PIPELINES, help="only this pipeline's plots (default: all)")
+    plots.add_argument("--out", help="output folder (default: artifacts/plots/PIPELINE, or artifacts/plots/all)")
+    for command in (run, acquire, plots):
         command.add_argument("--root", default=".", help="repository root (default: current directory)")
     args = parser.parse_args(argv)
 
@@ -52,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "acquire":
             summary = acquire_and_version(root)
+        elif args.command == "plots":
+            from tasks.plots import write_page
+
+            out = Path(args.out).resolve() if args.out else root / "artifacts" / "plots" / (args.pipeline or "all")
+            summary = write_page(root, out, args.pipeline)
         else:
             load_params(root / "params.yaml")  # a bad params file fails before anything runs
             purpose = f"d2lflow run {args.pipeline}{' --no-prefect' if args.no_prefect else ''}"

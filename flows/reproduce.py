@@ -174,7 +174,8 @@ def target_from_run(run: Run, root: Path, label: str) -> Target:
     recorded_outs = {key[len(tracking.OUT_MD5):]: value for key, value in tags.items()
                      if key.startswith(tracking.OUT_MD5)}
     return Target(label=f"{label} (run {run_id}, commit {commit[:8]})", pipeline=pipeline, commit=commit,
-                  data_md5=data_md5, recorded_metrics=dict(run.data.metrics), recorded_params=dict(run.data.params),
+                  data_md5=data_md5, recorded_metrics=tracking.recorded_numbers(run),
+                  recorded_params=dict(run.data.params),
                   recorded_outs=recorded_outs, outs_source="run tags" if recorded_outs else "",
                   device=tags.get(f"{TAG}device", ""), threads=tags.get(f"{TAG}torch_threads", ""))
 

@@ -27,15 +27,51 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout
 
 
-def git_state(root: Path) -> dict[str, Any]:
-    """{'commit', 'short', 'dirty', 'dirty_files'}: dirty means tracked source changed since the commit."""
+def git_state(root: Path, paths: list[str] | None = None) -> dict[str, Any]:
+    """{'commit', 'short', 'dirty', 'dirty_files'}: dirty means tracked source changed since the commit.
+    `paths` (files or folders, relative to `root`): only changes to these count (a pipeline's deps)."""
     commit = (_git(root, "rev-parse", "HEAD") or "").strip()
     if not commit:
         return {"commit": UNKNOWN, "short": UNKNOWN, "dirty": True, "dirty_files": []}
     status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
     changed = [line[3:].strip() for line in status.splitlines() if line.strip()]
     changed = [path for path in changed if Path(path).name not in GENERATED]
+    if paths is not None:
+        changed = [path for path in changed if any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths)]
     return {"commit": commit, "short": commit[:8], "dirty": bool(changed), "dirty_files": changed}
+
+
+def head_file(root: Path, path: str) -> str | None:
+    """The text of `path` at the commit HEAD (None outside git or when HEAD lacks it)."""
+    return _git(root, "show", f"HEAD:./{path}")
+
+
+def stage_deps(root: Path, prefix: str) -> list[str]:
+    """The `deps` of the dvc.yaml stages whose names start with `prefix` (a pipeline's files and folders)."""
+    path = root / "dvc.yaml"
+    stages = _stages(path.read_text() if path.is_file() else None)
+    return sorted({dep for name, stage in stages.items() if name.startswith(prefix) for dep in stage.get("deps", [])})
+
+
+def _stages(text: str | None) -> dict[str, Any]:
+    return ((yaml.safe_load(text) or {}).get("stages") or {}) if text else {}
+
+
+def stage_names(root: Path) -> list[str]:
+    path = root / "dvc.yaml"
+    return list(_stages(path.read_text() if path.is_file() else None))
+
+
+def stages_changed(root: Path, prefix: str) -> bool:
+    """Whether dvc.yaml's stages named `prefix*` differ from the commit's (False outside git)."""
+    committed = head_file(root, "dvc.yaml")
+    if committed is None:
+        return False
+    path = root / "dvc.yaml"
+    now = _stages(path.read_text() if path.is_file() else None)
+    before = _stages(committed)
+    pick = lambda stages: {k: v for k, v in stages.items() if k.startswith(prefix)}  # noqa: E731
+    return pick(now) != pick(before)
 
 
 def data_hash(root: Path, dvc_file: str = "data.dvc") -> str:

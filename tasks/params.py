@@ -172,6 +172,7 @@ class SegmentationTrainParams(Section):
     weight_decay: float = Field(1e-3, ge=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(5, ge=1)
+    eval_every: int = Field(1, ge=1)  # validation mIoU / pixel accuracy every N epochs (and after the last)
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
@@ -228,6 +229,7 @@ class DetectionTrainParams(Section):
     warmup_iters: int = Field(100, ge=0)  # linear warm-up from lr/1000, as torchvision's reference
     clip_grad_norm: float | None = Field(10.0, gt=0)
     epochs: int = Field(10, ge=1)
+    eval_every: int = Field(4, ge=1)  # validation mAP@0.5 every N epochs (and after the last)
     batch_size: int = Field(4, ge=1)
     num_workers: int = Field(0, ge=0)
     amp: bool = False  # mixed precision, CUDA only: bf16 where supported (no GradScaler), else fp16

@@ -61,11 +61,15 @@ def _without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The page of a run: on the tracking server itself for an http(s) store, else on `mlflow ui`'s default
-    address (the store is a database or folder; the page exists once `mlflow ui` serves that store)."""
+def run_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The page of a run (or, without `run_id`, the experiment's runs table): on the tracking server itself
+    for an http(s) store, else on `mlflow ui`'s default address (the store is a database or folder; the
+    page exists once `mlflow ui` serves that store). MLflow 3.17's UI opens every experiment on its GenAI
+    overview unless the link says `workflowType=machine_learning` (or the user picked "Model training" in
+    its top-left switch once, which it remembers)."""
     base = _without_credentials(tracking_uri).rstrip("/") if tracking_uri.startswith(("http:", "https:")) else MLFLOW_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    page = f"experiments/{experiment_id}/runs/{run_id}" if run_id else f"experiments/{experiment_id}"
+    return f"{base}/#/{page}?workflowType=machine_learning"
 
 
 def ui_command(tracking_uri: str) -> str | None:

@@ -8,6 +8,7 @@ when set, else from params (`mlflow.tracking_uri`, an embedded SQLite file by de
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import math
@@ -25,14 +26,15 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 import psutil
 import torch
+import yaml
 from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks import lineage
 from tasks.atomic import read_json, write_json
-from tasks.errors import D2lflowError
-from tasks.params import Params, RegisterParams, flatten
+from tasks.errors import D2lflowError, ParamsError
+from tasks.params import Params, RegisterParams, flatten, parse_params
 from tasks.progress import describe_run
 from tasks.runtime import cache_dir, library_versions
 
@@ -46,6 +48,11 @@ OUT_MD5 = f"{TAG}out_md5."  # + an output path: its md5 in dvc.lock when the run
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROCESS = f"{TAG}process"  # host:pid:start time of the process that has the run open
 COMPLETE = f"{TAG}registration_complete"  # on a version: decision, alias and tags all written
+# MLflow 3's UI opens an experiment of this kind on its runs table (untagged: the GenAI overview and a type popup).
+EXPERIMENT_KIND = "custom_model_development"
+# Counts and sizes in a stage's metrics: logged as tags (config of the run, not curves to chart).
+COUNT_KEYS = ("epochs", "resumed_from_epoch", "vocab_size", "detections", "*_images", "*_pairs", "*_total",
+              "*_questions")
 
 
 def store_root(params: Params) -> Path:
@@ -56,6 +63,7 @@ def store_root(params: Params) -> Path:
     if in_experiment and os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).is_dir():
         return Path(os.environ["DVC_ROOT"]).resolve()
     return params.root()
+
 
 
 def _absolute_sqlite(uri: str, root: Path) -> str:
@@ -129,14 +137,98 @@ def experiment_id(pipeline: str, params: Params) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(pipeline)
     if found is not None:
+        if "mlflow.experimentKind" not in found.tags:  # created before d2lflow set it: kind and description now
+            client.set_experiment_tag(found.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
+            if "mlflow.note.content" not in found.tags:
+                client.set_experiment_tag(found.experiment_id, "mlflow.note.content",
+                                          experiment_description(pipeline, params))
         return found.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = artifact_root(params).joinpath(pipeline).resolve().as_uri()
+    tags = {"mlflow.experimentKind": EXPERIMENT_KIND, "mlflow.note.content": experiment_description(pipeline, params)}
     try:
-        return client.create_experiment(pipeline, artifact_location=location)
+        return client.create_experiment(pipeline, artifact_location=location, tags=tags)
     except MlflowException:  # created concurrently by another process
         return client.get_experiment_by_name(pipeline).experiment_id
+
+
+def experiment_description(pipeline: str, params: Params) -> str:
+    """The experiment's description (MLflow shows `mlflow.note.content` above the runs table)."""
+    stages = [name for name in lineage.stage_names(params.root()) if name.startswith(f"{pipeline}_")]
+    register = getattr(params, pipeline).register
+    best = "highest" if register.greater_is_better else "lowest"
+    return (f"d2lflow pipeline {pipeline}: one run per trained model, from the DVC stages "
+            f"{', '.join(stages) or '(none found in dvc.yaml)'}. Params: {pipeline}.* in params.yaml (a run's name "
+            f"carries its -S edits). Registered model {register.model_name}: alias champion on the {best} "
+            f"{register.primary_metric}.")
+
+
+def _is_count(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in COUNT_KEYS)
+
+
+def recorded_numbers(run) -> dict[str, float]:
+    """A run's metrics plus the counts `log_metrics` kept as tags (what its stages' metrics files held)."""
+    counts = {}
+    for key, value in run.data.tags.items():
+        if _is_count(key):
+            try:
+                counts[key] = float(value)
+            except ValueError:
+                continue
+    return {**counts, **run.data.metrics}
+
+
+def changed_params(params: Params, pipeline: str) -> dict[str, Any]:
+    """The run's params (`pipeline_params`) that differ from the committed params.yaml: the `-S` edits.
+    Empty outside git or when HEAD has no params file (nothing to compare with)."""
+    name = params.source().relative_to(params.root()).as_posix() if params.source().is_relative_to(
+        params.root()) else params.source().name
+    text = lineage.head_file(params.root(), name)
+    if text is None:
+        return {}
+    raw = yaml.safe_load(text) or {}
+    try:
+        committed = pipeline_params(parse_params(raw, params.source()), pipeline)
+    except ParamsError:  # the committed file no longer validates: compare the raw values
+        committed = pipeline_params_raw(raw, pipeline)
+    return {key: value for key, value in pipeline_params(params, pipeline).items()
+            if key not in committed or str(committed[key]) != str(value)}
+
+
+def pipeline_params_raw(raw: dict[str, Any], pipeline: str) -> dict[str, Any]:
+    world = {key: (raw.get("distributed") or {}).get(key) for key in ("nproc_per_node", "nnodes")}
+    flat = flatten({"seed": raw.get("seed"), "device": raw.get("device"), "distributed": world,
+                    pipeline: raw.get(pipeline) or {}})
+    return {key: ("null" if value is None else value) for key, value in flat.items()}
+
+
+def overrides_label(changes: dict[str, Any], limit: int = 40) -> str:
+    """`lr=0.005,epochs=3` (last key parts) for a run name; past `limit` characters, the first ones and
+    a digest of all (`lr=0.005+3-a1b2c3`)."""
+    if not changes:
+        return ""
+    lasts = [key.rsplit(".", 1)[-1] for key in changes]
+    parts = [f"{key if lasts.count(last) > 1 else last}={value}" for (key, value), last in zip(changes.items(), lasts)]
+    label = ",".join(parts)
+    if len(label) <= limit:
+        return label
+    digest = hashlib.sha256(repr(sorted(changes.items())).encode()).hexdigest()[:6]
+    return f"{parts[0][:limit - 12]}+{len(parts) - 1}-{digest}"
+
+
+def pipeline_git_state(params: Params, pipeline: str) -> dict[str, Any]:
+    """`lineage.git_state` judged on the files the pipeline's stages depend on (dvc.yaml deps), plus
+    params.yaml only when the pipeline's params differ from the commit's and dvc.yaml only when its
+    stages do: another pipeline's edits leave this one clean."""
+    root = params.root()
+    paths = lineage.stage_deps(root, f"{pipeline}_")
+    if changed_params(params, pipeline):
+        paths.append(params.source().name)
+    if lineage.stages_changed(root, f"{pipeline}_"):
+        paths.append("dvc.yaml")
+    return lineage.git_state(root, paths)
 
 
 def lineage_tags(params: Params, pipeline: str, device: str | None = None, locked: bool = True) -> dict[str, str]:
@@ -146,7 +238,7 @@ def lineage_tags(params: Params, pipeline: str, device: str | None = None, locke
     output md5s, which are current only once DVC has locked the run's stages (the register stage),
     never at training start; the output md5s let `flows.reproduce` check a rebuilt model against the run itself."""
     root = params.root()
-    git = lineage.git_state(root)
+    git = pipeline_git_state(params, pipeline)
     tags = {
         f"{TAG}pipeline": pipeline,
         f"{TAG}git_commit": git["commit"],
@@ -180,7 +272,10 @@ def lineage_tags(params: Params, pipeline: str, device: str | None = None, locke
 def run_name(pipeline: str, params: Params) -> str:
     short = lineage.git_state(params.root())["short"]
     name = f"{pipeline}-{short}"
-    return f"{name}-{os.environ['DVC_EXP_NAME']}" if os.environ.get("DVC_EXP_NAME") else name
+    if os.environ.get("DVC_EXP_NAME"):
+        return f"{name}-{os.environ['DVC_EXP_NAME']}"
+    label = overrides_label(changed_params(params, pipeline))  # the -S edits: names of one commit's runs differ
+    return f"{name}-{label}" if label else name
 
 
 def pipeline_params(params: Params, pipeline: str) -> dict[str, Any]:
@@ -268,9 +363,13 @@ def reopened_run(pipeline: str, params: Params, run_file: Path) -> Iterator[mlfl
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
-    """Log the numeric, finite entries of a (flat) metrics dict."""
-    numeric = {k: float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    """Log the numeric, finite entries of a (flat) metrics dict; counts (`COUNT_KEYS`: epochs,
+    vocab_size, *_total, ...) become tags of the run, not metric charts."""
+    counts = {k: str(v) for k, v in metrics.items() if _is_count(k) and isinstance(v, (int, float))}
+    if counts:
+        mlflow.set_tags(counts)
+    numeric = {k: float(v) for k, v in metrics.items() if k not in counts
+               and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     if numeric:
         mlflow.log_metrics(numeric, step=step)
 
@@ -559,7 +658,7 @@ def _log_and_create(run_id: str, params: Params, cfg: RegisterParams, metrics: d
         mlflow.log_artifact(str(params.root() / "params.yaml"), "lineage")
         versions = library_versions()
         logged = mlflow.pyfunc.log_model(
-            name="model", python_model=python_model, artifacts=artifacts, code_paths=CODE_PATHS,
+            name=cfg.model_name, python_model=python_model, artifacts=artifacts, code_paths=CODE_PATHS,
             signature=signature, input_example=input_example, tags=identity,
             pip_requirements=[f"{name}=={versions[name]}" for name in ("mlflow", "torch", "torchvision", "numpy",
                                                                       "pandas") if name in versions],

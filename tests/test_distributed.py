@@ -325,7 +325,8 @@ def test_two_gloo_processes_train_word2vec_like_one_and_only_rank_0_logs_and_wri
 
     # Outputs exist once, all rank 0's: rank 1 would have recorded no run id in the checkpoint.
     train_dir = root / "artifacts/word2vec/train"
-    assert sorted(p.name for p in train_dir.iterdir()) == ["history.csv", "metrics.json", "model.pt", "run.json"]
+    assert sorted(p.name for p in train_dir.iterdir()) == ["history.csv", "metrics.json", "model.pt", "run.json",
+                                                           "validation.csv"]
     assert json.loads((train_dir / "run.json").read_text())["run_id"] == ddp_run.info.run_id
     assert sorted(p.name for p in (root / "checkpoints/word2vec").iterdir()) == ["last.pt"]
     checkpoint = torch.load(root / "checkpoints/word2vec/last.pt", weights_only=True)
@@ -451,7 +452,7 @@ def test_two_gloo_processes_train_the_fcn_and_an_error_on_the_ranks_is_one_line(
     weights = torch.load(root / "artifacts/segmentation/train/model.pt", weights_only=True)
     assert weights.keys() == build_fcn(21, "none").state_dict().keys()  # the unwrapped module's keys
     assert sorted(p.name for p in (root / "artifacts/segmentation/train").iterdir()) == [
-        "history.csv", "metrics.json", "model.pt", "run.json"]
+        "history.csv", "metrics.json", "model.pt", "run.json", "validation.csv"]
     assert torch.load(root / "checkpoints/segmentation/last.pt", weights_only=True)["run_id"] == fcn_run.info.run_id
 
 

@@ -124,5 +124,6 @@ def test_epoch_lines_arrive_during_training_and_the_run_prints_few_clean_lines(t
         run_id = url.split("/runs/")[1][:32]
         assert len(artifacts) == 1
         summary = artifacts[0].data
-        assert f"[MLflow run](http://127.0.0.1:5000/#/experiments/1/runs/{run_id})" in summary
+        link = f"http://127.0.0.1:5000/#/experiments/1/runs/{run_id}?workflowType=machine_learning"
+        assert f"[MLflow run]({link})" in summary
         assert "Overrides (`-S`): `word2vec.train.epochs=6`, `word2vec.train.batch_size=64`" in summary

@@ -52,10 +52,10 @@ def test_durations_read_at_a_glance(seconds: float, text: str) -> None:
 
 def test_a_sqlite_store_points_at_mlflow_ui_and_says_how_to_start_it() -> None:
     uri = "sqlite:////work/repo/mlflow.db"
-    assert run_url(uri, "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert run_url(uri, "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     assert describe_run(uri, "3", "abc") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs/abc (once `mlflow ui --backend-store-uri "
-        "sqlite:////work/repo/mlflow.db` runs)")
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning "
+        "(once `mlflow ui --backend-store-uri sqlite:////work/repo/mlflow.db` runs)")
 
 
 def test_a_tracking_server_is_linked_directly_without_credentials() -> None:

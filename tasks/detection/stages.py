@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.detection import build_detector, build_from_config
-from tasks import distributed, tracking
+from tasks import distributed, plots, tracking
 from tasks.acquire import Staging, check_voc_lists
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.detection import train as tr
@@ -73,6 +73,7 @@ def _outputs(params: Params) -> dict[str, Path]:
     eval_dir = params.path(params.detection.evaluate.out_dir)
     return {"model": train_dir / "model.pt", "history": train_dir / "history.csv",
             "train_metrics": train_dir / "metrics.json", "run": train_dir / "run.json",
+            "validation": train_dir / "validation.csv",
             "metrics": eval_dir / "metrics.json", "per_class": eval_dir / "per_class_ap.json",
             "pr": eval_dir / "pr_curves", "figure": eval_dir / "predictions.png"}
 
@@ -97,7 +98,8 @@ def train(params: Params) -> dict[str, Any]:
         transform = TrainTransform(flip_prob=cfg.train.flip_prob,
                                    crop_size=tuple(cfg.train.crop_size) if cfg.train.crop_size else None)
         dataset = DetectionDataset(pre_dir / "train", params.path(cfg.preprocess.data_dir), transform, params.seed)
-        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers"}),
+        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
+                                                                    "eval_every"}),
                                       params.seed, device.type, ctx.world_size, hash_tree(pre_dir),
                                       code_hash(tr, build_detector))
         checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
@@ -112,9 +114,23 @@ def train(params: Params) -> dict[str, Any]:
             def on_epoch(record: dict) -> None:
                 tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
 
+            val_set = DetectionDataset(pre_dir / "val", params.path(cfg.preprocess.data_dir))
+
+            def validate(model: torch.nn.Module, epoch: int) -> dict:
+                """VOC mAP@0.5 on val with the evaluate stage's thresholds, every `eval_every` epochs and
+                after the last (the thresholds act only on predictions, never on the training losses)."""
+                if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+                    return {}
+                heads = model.roi_heads
+                heads.score_thresh, heads.nms_thresh = cfg.evaluate.score_thresh, cfg.evaluate.nms_thresh
+                heads.detections_per_img = cfg.evaluate.detections_per_image
+                model.eval()
+                dets, gts, _ = predict(model, val_set, device, cfg.evaluate.batch_size)
+                return {"val_map_50": voc_ap(dets, gts, 0.5, "voc10", list(range(1, len(VOC_CLASSES))))["map"]}
+
             result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint,
                               state=state, run_id=run.info.run_id if run else "",
-                              on_epoch=on_epoch if run else None, ctx=ctx)
+                              on_epoch=on_epoch if run else None, ctx=ctx, validate=validate)
             history = result.history
             metrics = {"final_epoch_loss": history[-1]["loss"], **{k: history[-1][k] for k in tr.LOSSES},
                        "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
@@ -129,7 +145,9 @@ def train(params: Params) -> dict[str, Any]:
             write_text(out["history"], ",".join(columns) + "\n" + "".join(
                 ",".join(f"{h[c]:.6f}" if isinstance(h[c], float) else str(h[c]) for c in columns) + "\n"
                 for h in history))
+            plots.write_validation(out["validation"], history)
             write_json(out["train_metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
+            plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [out["history"], out["validation"]])
     return metrics
 
 

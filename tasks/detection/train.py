@@ -51,7 +51,8 @@ def epoch_loader(dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int
 
 def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int, device: torch.device,
           checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
-          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None,
+          validate: Callable[[nn.Module, int], dict] | None = None) -> TrainResult:
     """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given.
     `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, and every
     rank returns the same history (means over the ranks)."""
@@ -107,6 +108,8 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, **{name: sums[name] / steps for name in LOSSES},
                   "loss": sum(sums.values()) / steps, "images_per_s": images_seen / seconds}
+        if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
+            record.update(validate(model, epoch + 1))
         result.history.append(record)
         epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
                           **{name: record[name] for name in LOSSES})

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.fcn import build_fcn
-from tasks import distributed, tracking
+from tasks import distributed, plots, tracking
 from tasks.acquire import Staging, check_voc_lists
 from tasks.acquire import acquire as acquire_data
 from tasks.atomic import atomic_path, read_json, write_json, write_text
@@ -65,6 +65,7 @@ def _outputs(params: Params) -> dict[str, Path]:
     eval_dir = params.path(params.segmentation.evaluate.out_dir)
     return {"model": train_dir / "model.pt", "history": train_dir / "history.csv",
             "train_metrics": train_dir / "metrics.json", "run": train_dir / "run.json",
+            "validation": train_dir / "validation.csv",
             "metrics": eval_dir / "metrics.json", "per_class": eval_dir / "per_class_iou.json",
             "confusion": eval_dir / "confusion.csv", "figure": eval_dir / "predictions.png"}
 
@@ -84,7 +85,7 @@ def train(params: Params) -> dict[str, Any]:
         seed_everything(params.seed)
         dataset = SegmentationDataset(pre_dir / "train", tuple(cfg.preprocess.crop_size), params.seed, train=True)
         run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
-                                                                    "pin_memory"}),
+                                                                    "pin_memory", "eval_every"}),
                                       cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
                                       ctx.world_size, hash_tree(pre_dir), code_hash(tr, build_fcn))
         checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
@@ -100,11 +101,24 @@ def train(params: Params) -> dict[str, Any]:
             def on_epoch(record: dict) -> None:
                 tracking.log_metrics({"train_loss": record["loss"],
                                       "train_pixel_accuracy": record["train_pixel_accuracy"],
-                                      "images_per_s": record["images_per_s"]}, step=record["epoch"])
+                                      "images_per_s": record["images_per_s"],
+                                      **{k: v for k, v in record.items() if k.startswith("val_")}},
+                                     step=record["epoch"])
+
+            def validate(model: torch.nn.Module, epoch: int) -> dict:
+                """Center-crop mIoU and pixel accuracy on val (the evaluate stage's first mode), every
+                `eval_every` epochs and after the last."""
+                if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+                    return {}
+                model.eval()
+                _, scores, _ = evaluate_split(model, pre_dir / "val", tuple(cfg.preprocess.crop_size), ["center_crop"],
+                                              cfg.evaluate.tile_overlap, cfg.evaluate.batch_size, device)
+                return {"val_mean_iou": scores["center_crop"]["mean_iou"],
+                        "val_pixel_accuracy": scores["center_crop"]["pixel_accuracy"]}
 
             result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint,
                               state=state, run_id=run.info.run_id if run else "",
-                              on_epoch=on_epoch if run else None, ctx=ctx)
+                              on_epoch=on_epoch if run else None, ctx=ctx, validate=validate)
             history = result.history
             metrics = {"final_epoch_loss": history[-1]["loss"],
                        "train_pixel_accuracy": history[-1]["train_pixel_accuracy"],
@@ -120,7 +134,9 @@ def train(params: Params) -> dict[str, Any]:
             write_text(out["history"], "epoch,loss,train_pixel_accuracy,images_per_s\n" + "".join(
                 f"{h['epoch']},{h['loss']:.6f},{h['train_pixel_accuracy']:.6f},{h['images_per_s']:.3f}\n"
                 for h in history))
+            plots.write_validation(out["validation"], history)
             write_json(out["train_metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
+            plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [out["history"], out["validation"]])
     return metrics
 
 

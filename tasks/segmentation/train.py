@@ -78,7 +78,8 @@ def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, see
 
 def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int,
           device: torch.device, checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
-          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None,
+          validate: Callable[[nn.Module, int], dict] | None = None) -> TrainResult:
     """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given.
     `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, every rank
     returns the same history (sums over the ranks), and `result.model` is the unwrapped module."""
@@ -130,6 +131,8 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
         record = {"epoch": epoch + 1, "loss": loss_sum / examples,
                   "train_pixel_accuracy": correct / max(labelled, 1),
                   "images_per_s": examples / seconds, "seconds": seconds}
+        if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
+            record.update(validate(model, epoch + 1))
         result.history.append(record)
         epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
                        train_pixel_accuracy=record["train_pixel_accuracy"])

@@ -118,7 +118,9 @@ def heldout_loss(model: SkipGram, samples: Samples, batch_size: int = 4096) -> f
     if len(samples) == 0:
         return None
     model.eval()
-    entries = flatten_examples(samples, np.arange(len(samples)))
-    total = sum(float(ragged_loss(model, entries.select(torch.arange(first, min(first + batch_size, len(entries))))))
+    entries = flatten_examples(samples, np.arange(len(samples))).to(next(model.parameters()).device)
+    device = entries.offsets.device
+    total = sum(float(ragged_loss(model, entries.select(torch.arange(first, min(first + batch_size, len(entries)),
+                                                                     device=device))))
                 for first in range(0, len(entries), batch_size))
     return round(total / len(samples), 6)

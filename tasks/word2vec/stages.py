@@ -13,7 +13,7 @@ import mlflow
 import torch
 
 from models.skipgram import SkipGram
-from tasks import distributed, tracking
+from tasks import distributed, plots, tracking
 from tasks.acquire import Staging
 from tasks.acquire import acquire as acquire_data
 from tasks.atomic import read_json, write_json, write_text
@@ -80,7 +80,7 @@ def preprocess(params: Params) -> dict[str, Any]:
 def _train_outputs(params: Params) -> dict[str, Path]:
     out = params.path(params.word2vec.train.out_dir)
     return {"model": out / "model.pt", "history": out / "history.csv", "metrics": out / "metrics.json",
-            "run": out / "run.json"}
+            "run": out / "run.json", "validation": out / "validation.csv"}
 
 
 def train(params: Params) -> dict[str, Any]:
@@ -95,6 +95,10 @@ def train(params: Params) -> dict[str, Any]:
     pre_dir = params.path(cfg.preprocess.out_dir)
     vocab = pp.load_vocab(pre_dir)
     samples, corpus = pp.load_samples(pre_dir / "train"), pp.load_corpus(pre_dir / "train_corpus")
+    valid = pp.load_samples(pre_dir / "valid")
+
+    def validate(model: torch.nn.Module, epoch: int) -> dict:
+        return {"val_loss": ev.heldout_loss(model, valid)}  # the evaluate stage's heldout_loss, per epoch
     with distributed.process_group(params) as ctx:
         device = ctx.device
         seed_everything(params.seed)
@@ -107,13 +111,14 @@ def train(params: Params) -> dict[str, Any]:
                 PIPELINE, params, str(device), outputs["run"], params.path(cfg.data.dir),
                 resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
             def on_epoch(record: dict) -> None:
-                tracking.log_metrics({"train_loss": record["loss"],
+                tracking.log_metrics({"train_loss": record["loss"], "val_loss": record.get("val_loss"),
                                       "center_words_per_s": record["center_words_per_s"],
                                       "epoch_seconds": record["seconds"]}, step=record["epoch"])
 
             result = tr.train(samples, corpus, vocab.counts, len(vocab), cfg.train, cfg.preprocess, params.seed,
                               device, checkpoint, run_fingerprint, state=state,
-                              run_id=run.info.run_id if run else "", on_epoch=on_epoch if run else None, ctx=ctx)
+                              run_id=run.info.run_id if run else "", on_epoch=on_epoch if run else None, ctx=ctx,
+                              validate=validate)
             history = result.history
             metrics = {
                 "final_epoch_loss": history[-1]["loss"],
@@ -129,7 +134,9 @@ def train(params: Params) -> dict[str, Any]:
                        "the trained weights")
             write_text(outputs["history"], "epoch,loss,center_words_per_s,seconds\n" + "".join(
                 f"{h['epoch']},{h['loss']:.6f},{h['center_words_per_s']:.1f},{h['seconds']:.3f}\n" for h in history))
+            plots.write_validation(outputs["validation"], history)
             write_json(outputs["metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
+            plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [outputs["history"], outputs["validation"]])
     return metrics
 
 

@@ -137,7 +137,8 @@ class TrainResult:
 def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int, cfg: Word2vecTrainParams,
           pre_cfg: Word2vecPreprocessParams, seed: int, device: torch.device, checkpoint: Path,
           run_fingerprint: str, state: dict | None = None, run_id: str = "",
-          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None,
+          validate: Callable[[torch.nn.Module, int], dict] | None = None) -> TrainResult:
     """Train for `cfg.epochs`, resuming from `state` (a checkpoint loaded by `load_checkpoint` for
     the same `run_fingerprint`) when given; a checkpoint is written to `checkpoint` after every epoch.
     `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, and every
@@ -198,6 +199,8 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
             raise D2lflowError(f"epoch {epoch + 1}: the loss is not finite ({loss_sum}); lower word2vec.train.lr")
         record = {"epoch": epoch + 1, "loss": loss_sum / examples, "seconds": seconds,
                   "center_words_per_s": examples / seconds}
+        if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
+            record.update(validate(model, epoch + 1))
         result.history.append(record)
         epoch_lines.epoch(epoch + 1, record["loss"], record["center_words_per_s"], "center words/s")
         if ctx.is_main:
