@@ -1,0 +1,70 @@
+"""The sweep's grid: comma lists to a cartesian product, trial names that say what differs, and every
+value validated by tasks.params before anything is queued (one `error:` line naming the key)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.sweep import grid_points, parse_grid, trial_names, validate_grid
+from tasks.errors import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_grid_is_the_cartesian_product_in_the_order_given() -> None:
+    grid = parse_grid(["word2vec.train.lr=0.001,0.002", "word2vec.train.epochs=3, 5",
+                       "word2vec.evaluate.probe_words=[a,b]"], "word2vec")
+    assert grid == {"word2vec.train.lr": ["0.001", "0.002"], "word2vec.train.epochs": ["3", "5"],
+                    "word2vec.evaluate.probe_words": ["[a,b]"]}
+    points = grid_points(grid)
+    assert [(p["word2vec.train.lr"], p["word2vec.train.epochs"]) for p in points] == [
+        ("0.001", "3"), ("0.001", "5"), ("0.002", "3"), ("0.002", "5")]
+
+
+def test_trial_names_carry_the_sweep_id_and_the_values() -> None:
+    grid = parse_grid(["word2vec.train.lr=0.001,0.002", "word2vec.train.epochs=3"], "word2vec")
+    assert trial_names("sw3f2a", grid) == ["sw3f2a-lr0.001-epochs3", "sw3f2a-lr0.002-epochs3"]
+    same_tail = parse_grid(["word2vec.train.out_dir=a/b", "word2vec.evaluate.out_dir=c"], "word2vec")
+    assert trial_names("sw1", same_tail) == ["sw1-word2vec_train_out_dira_b-word2vec_evaluate_out_dirc"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("segmentation.train.lr=0.1,0.2", "only keys under 'word2vec.'"),
+    ("word2vec.train.lr=0.1,,0.2", "empty value"),
+    ("word2vec.train.lr=0.1,0.1", "repeated"),
+    ("word2vec.train.lr", "expected KEY=VALUE"),
+])
+def test_bad_grids_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        parse_grid([override], "word2vec")
+
+
+def test_every_value_is_validated_and_the_error_names_the_key(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(REPO / "params.yaml", params)
+    before = params.read_text()
+    validate_grid(params, parse_grid(["word2vec.train.lr=0.001,0.002"], "word2vec"))
+    with pytest.raises(ParamsError) as caught:
+        validate_grid(params, parse_grid(["word2vec.train.lr=0.001", "word2vec.train.epochs=2,many"], "word2vec"))
+    assert "\n" not in str(caught.value)
+    assert "word2vec.train.epochs=many" in str(caught.value)
+    with pytest.raises(ParamsError, match="word2vec.train.no_such_key"):
+        validate_grid(params, parse_grid(["word2vec.train.no_such_key=1,2"], "word2vec"))
+    assert params.read_text() == before
+
+
+def test_a_bad_value_fails_before_any_trial_is_queued(repo_copy: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["sweep", "word2vec", "--root", str(repo_copy), "-S", "word2vec.train.lr=0.001,0.002",
+                 "-S", "word2vec.train.epochs=2,-1", "--jobs", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: -S word2vec.train.epochs=-1:"), err
+    status = subprocess.run([sys.executable, "-m", "dvc", "queue", "status"], cwd=repo_copy, capture_output=True,
+                            text=True, check=True).stdout
+    assert "Queued" not in status and "sw" not in status, status
