@@ -8,7 +8,10 @@ own MLflow run and registered version, with the champion alias moved by the usua
 if it beats the current champion) under the registry lock. Applied trial by trial, that rule leaves the
 alias on the best trial when it beats the previous champion, else on the previous champion; the sweep
 checks this and says which. Once the queue is done, the sweep tags every trial's run with
-`d2lflow.sweep` (its id) and `d2lflow.sweep_trial`, and prints a ranked table.
+`d2lflow.sweep` (its id) and `d2lflow.sweep_trial`, and prints a ranked table. (The tag is set from
+here, not passed in the environment of `dvc queue start`: DVC's queue worker inherits that environment,
+but a worker an earlier `dvc queue start` left running could run the trials with its own; and a param
+would change the stages' params hash.)
 """
 
 from __future__ import annotations
@@ -251,6 +254,18 @@ def verdict(trials: list[Trial], cfg: Any) -> str:
             f"{best.metric:.6g}) does not beat the champion; {current}{shown}")
 
 
+def prepare_store(root: Path, pipeline: str) -> None:
+    """Before any trial starts: a tracking server must answer, and the store and the pipeline's
+    experiment exist. Trials starting together on a fresh SQLite store would each create its schema,
+    and all but one fail with `table ... already exists`."""
+    from tasks.tracking import check_tracking_server, configure, experiment_id
+
+    params = load_params(root / "params.yaml")
+    check_tracking_server(params)
+    configure(params)
+    experiment_id(pipeline, params)
+
+
 def sweep(root: Path, pipeline: str, overrides: list[str], jobs: int, timeout: float,
           sweep_id: str | None = None, out=sys.stdout) -> int:
     from flows.pipeline import dvc_stages
@@ -265,6 +280,7 @@ def sweep(root: Path, pipeline: str, overrides: list[str], jobs: int, timeout: f
     target = dvc_stages(root, pipeline)[-1]  # the register stage: every trial ends registered
     with repo_lock(root, f"d2lflow sweep {pipeline} {sweep_id}"):
         validate_grid(params_file, grid)  # under the lock: the params.yaml each trial starts from
+        prepare_store(root, pipeline)
         for name, point in zip(names, points):
             sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
             run_dvc(root, "exp", "run", "--queue", "-n", name, *sets, target)
@@ -288,13 +304,19 @@ def sweep(root: Path, pipeline: str, overrides: list[str], jobs: int, timeout: f
 # ----------------------------------------------------------------------------- exp show
 
 def pipeline_columns(root: Path, pipeline: str) -> list[str]:
-    """The `dvc exp show` column names of `pipeline`: its params (`PIPELINE.*`) and the metrics of the
-    metric files its stages declare, named as DVC names them (`path:key` when a key is in several files)."""
+    """The `dvc exp show` column names of `pipeline` in this repository (see `columns_of`)."""
     spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
-    files = {str(entry if isinstance(entry, str) else next(iter(entry)))
-             for name, stage in spec.get("stages", {}).items() if name.startswith(f"{pipeline}_")
-             for entry in (stage.get("metrics") or [])}
     shown = json.loads(run_dvc(root, "exp", "show", "--json", "-f", lock=False) or "[]")
+    return columns_of(spec, shown, pipeline)
+
+
+def columns_of(spec: dict, shown: list[dict], pipeline: str) -> list[str]:
+    """`pipeline`'s params (`PIPELINE.*`) and the metrics of the metric files its stages declare in
+    dvc.yaml (`spec`), out of `dvc exp show --json` (`shown`), named as DVC names its columns: a
+    metric by its key, or `path:key` when the key is in several metric files."""
+    files = {str(entry if isinstance(entry, str) else next(iter(entry)))
+             for name, stage in (spec.get("stages") or {}).items() if name.startswith(f"{pipeline}_")
+             for entry in (stage.get("metrics") or [])}
     metric_names: dict[str, set[str]] = {}
     param_names: set[str] = set()
 

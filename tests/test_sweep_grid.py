@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.sweep import grid_points, parse_grid, trial_names, validate_grid
+from flows.sweep import columns_of, grid_points, parse_grid, trial_names, validate_grid
 from tasks.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +68,18 @@ def test_a_bad_value_fails_before_any_trial_is_queued(repo_copy: Path, capsys: p
     status = subprocess.run([sys.executable, "-m", "dvc", "queue", "status"], cwd=repo_copy, capture_output=True,
                             text=True, check=True).stdout
     assert "Queued" not in status and "sw" not in status, status
+
+
+def test_exp_show_columns_are_the_pipelines_own() -> None:
+    spec = {"stages": {"word2vec_train": {"metrics": ["artifacts/word2vec/train/metrics.json"]},
+                       "word2vec_evaluate": {"metrics": [{"artifacts/word2vec/evaluate/metrics.json": {}}]},
+                       "segmentation_train": {"metrics": ["artifacts/segmentation/train/metrics.json"]}}}
+    data = {"params": {"params.yaml": {"data": {"seed": 0, "word2vec": {"train": {"lr": 0.002}},
+                                                "segmentation": {"train": {"lr": 0.1}}}}},
+            "metrics": {"artifacts/word2vec/train/metrics.json": {"data": {"loss": 1.0, "epochs": 2}},
+                        "artifacts/word2vec/evaluate/metrics.json": {"data": {"heldout_loss": 0.5}},
+                        "artifacts/segmentation/train/metrics.json": {"data": {"loss": 2.0, "mean_iou": 0.3}}}}
+    shown = [{"rev": "workspace", "data": {}}, {"rev": "main", "data": {},
+                                                "experiments": [{"revs": [{"name": "sw1-lr0.002", "data": data}]}]}]
+    assert columns_of(spec, shown, "word2vec") == [
+        "heldout_loss", "epochs", "artifacts/word2vec/train/metrics.json:loss", "word2vec.train.lr"]
