@@ -267,8 +267,10 @@ def prepare_store(root: Path, pipeline: str) -> None:
 
 
 def sweep(root: Path, pipeline: str, overrides: list[str], jobs: int, timeout: float,
-          sweep_id: str | None = None, out=sys.stdout) -> int:
+          sweep_id: str | None = None, out=None) -> int:
     from flows.pipeline import dvc_stages
+
+    out = out or sys.stdout
 
     if jobs < 1:
         raise D2lflowError(f"--jobs {jobs}: expected at least 1 worker")
