@@ -17,6 +17,8 @@ would change the stages' params hash.)
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import itertools
 import json
 import re
@@ -307,6 +309,8 @@ def sweep(root: Path, pipeline: str, overrides: list[str], jobs: int, timeout: f
 
 def pipeline_columns(root: Path, pipeline: str) -> list[str]:
     """The `dvc exp show` column names of `pipeline` in this repository (see `columns_of`)."""
+    if not (root / "dvc.yaml").is_file():
+        raise D2lflowError(f"{root / 'dvc.yaml'} not found: run from the repository root or pass --root")
     spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
     shown = json.loads(run_dvc(root, "exp", "show", "--json", "-f", lock=False) or "[]")
     return columns_of(spec, shown, pipeline)
@@ -353,11 +357,15 @@ def _flat_keys(data: dict, prefix: str = "") -> list[str]:
 
 
 def exp_show(root: Path, pipeline: str, extra: list[str]) -> str:
-    """`dvc exp show` with only `pipeline`'s params and metrics (and the experiment columns)."""
-    if any(arg in ("--json", "--drop", "--keep") for arg in extra):
-        raise D2lflowError(f"d2lflow exp show {pipeline}: --json, --drop and --keep are not supported here "
-                           "(it sets the columns itself); use `dvc exp show` directly for those")
+    """`dvc exp show` with only `pipeline`'s params and metrics (and the experiment columns); `extra`:
+    more `dvc exp show` options."""
     columns = [*SHOW_COLUMNS, *pipeline_columns(root, pipeline)]
+    if "--only-changed" in extra:  # DVC keeps every --keep column, changed or not: intersect with its own choice
+        extra = [arg for arg in extra if arg != "--only-changed"]
+        scope = [arg for arg in extra if arg in ("--all-commits", "--hide-queued", "--hide-failed")]
+        shown = run_dvc(root, "exp", "show", "--no-pager", "--only-changed", "--csv", *scope, lock=False)
+        changed = set(next(csv.reader(io.StringIO(shown)), []))
+        columns = [column for column in columns if column in SHOW_COLUMNS or column in changed]
     keep = "^(" + "|".join(re.escape(column) for column in columns) + ")$"
     return run_dvc(root, "exp", "show", "--no-pager", "--drop", ".*", "--keep", keep, *extra, lock=False)
 
@@ -376,7 +384,12 @@ def add_commands(sub: argparse._SubParsersAction, pipelines: tuple[str, ...] | l
     exp_sub = exp.add_subparsers(dest="exp_command", required=True)
     show = exp_sub.add_parser("show", help="`dvc exp show` with only that pipeline's params and metrics")
     show.add_argument("pipeline", choices=pipelines)
-    show.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc exp show` options (e.g. --md, -A)")
+    for flag, helptext in (("--md", "Markdown table"), ("--csv", "CSV"), ("--only-changed", "only columns that differ"),
+                           ("--all-commits", "experiments of every commit (-A)"), ("--hide-queued", "no queued rows"),
+                           ("--hide-failed", "no failed rows")):
+        show.add_argument(flag, action="store_true", help=f"`dvc exp show {flag}`: {helptext}")
+    show.add_argument("--sort-by", metavar="METRIC_OR_PARAM", help="`dvc exp show --sort-by`")
+    show.add_argument("--sort-order", choices=("asc", "desc"), help="`dvc exp show --sort-order`")
     for command in (grid, show):
         command.add_argument("--root", default=".", help="repository root (default: current directory)")
     return [grid, show]
@@ -385,5 +398,10 @@ def add_commands(sub: argparse._SubParsersAction, pipelines: tuple[str, ...] | l
 def run_command(args: argparse.Namespace, root: Path) -> int:
     if args.command == "sweep":
         return sweep(root, args.pipeline, args.overrides, args.jobs, args.timeout)
-    print(exp_show(root, args.pipeline, args.dvc_args))
+    extra = [f"--{name.replace('_', '-')}" for name in ("md", "csv", "only_changed", "all_commits", "hide_queued",
+                                                         "hide_failed") if getattr(args, name)]
+    for name in ("sort_by", "sort_order"):
+        if getattr(args, name):
+            extra += [f"--{name.replace('_', '-')}", getattr(args, name)]
+    print(exp_show(root, args.pipeline, extra))
     return 0

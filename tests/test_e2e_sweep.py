@@ -63,3 +63,5 @@ def test_a_two_point_sweep_ranks_its_trials_and_promotes_the_best(tmp_path: Path
     assert params and all(c.startswith("word2vec.") for c in params), columns  # no seed, device, mlflow.*, ...
     assert not {"mean_iou", "map_50", "pixel_accuracy", "seed", "device"} & set(columns), columns
     assert all(name in shown for name in names)
+    changed = run(root, *CLI, "exp", "show", "word2vec", "--only-changed", "--md").stdout.splitlines()[0]
+    assert "word2vec.train.lr" in changed and "word2vec.train.epochs" not in changed, changed

@@ -138,3 +138,9 @@ def test_a_sweep_whose_trials_all_failed_lists_them_and_exits_2(repo_copy: Path,
                      ("queue", "start", "-j", "2")]
     assert [line.split()[3] for line in out.splitlines()[2:4]] == ["FAILED", "FAILED"]
     assert err.strip().splitlines()[-1].startswith(f"error: sweep {trial}: every trial failed")
+
+
+def test_exp_show_outside_a_repository_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["exp", "show", "word2vec", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'dvc.yaml'} not found: run from the repository " \
+                                              "root or pass --root"
