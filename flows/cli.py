@@ -3,6 +3,8 @@
   d2lflow run word2vec [-S key=value ...] [--no-prefect]   acquire + every stage, ends with a registered model
   d2lflow acquire                                          every pipeline's raw data, then `dvc add data`
   d2lflow plots [PIPELINE] [--out DIR]                     dvc.yaml's plots as a page that renders offline
+  d2lflow sweep word2vec -S key=v1,v2 [-S ...] [--jobs N]  a grid through DVC's experiment queue, ranked
+  d2lflow exp show word2vec                                `dvc exp show` with only that pipeline's columns
 
 `-S` edits params.yaml in place (validated first), like `dvc exp run -S`, so what ran is what the
 commit records. It is applied only once this run holds the repository lock (a run started while another
@@ -32,6 +34,13 @@ def _prefect_defaults(root: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
+def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
+    """`d2lflow sweep PIPELINE -S key=v1,v2 --jobs N` and `d2lflow exp show PIPELINE` (flows/sweep.py)."""
+    from flows.sweep import add_commands
+
+    add_commands(sub, PIPELINES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="d2lflow", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,12 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     plots.add_argument("--out", help="output folder (default: artifacts/plots/PIPELINE, or artifacts/plots/all)")
     for command in (run, acquire, plots):
         command.add_argument("--root", default=".", help="repository root (default: current directory)")
+    _add_sweep_commands(sub)
     args = parser.parse_args(argv)
 
     quiet_environment()
     setup_logging()
     root = Path(args.root).resolve()
     try:
+        if args.command in ("sweep", "exp"):
+            from flows.sweep import run_command
+
+            return run_command(args, root)
         if args.command == "acquire":
             summary = acquire_and_version(root)
         elif args.command == "plots":
