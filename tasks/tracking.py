@@ -100,7 +100,24 @@ def configure(params: Params) -> str:
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or params.mlflow.registry_uri
     if registry:
         mlflow.set_registry_uri(_absolute_sqlite(registry, root))
+    _create_sqlite_schema(uri)
     return uri
+
+
+_SCHEMA_READY: set[str] = set()
+
+
+def _create_sqlite_schema(uri: str) -> None:
+    """Create a new SQLite store's schema under a file lock beside it, once per process: stages started
+    together on a fresh store (`dvc queue start -j 2`) otherwise both create it, and one fails with
+    'table ... already exists'."""
+    if not uri.startswith("sqlite:///") or uri in _SCHEMA_READY:
+        return
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.d2lflow-schema.lock"):
+        MlflowClient(uri).search_experiments(max_results=1)  # the store migrates its schema on first use
+    _SCHEMA_READY.add(uri)
 
 
 def check_tracking_server(params: Params, timeout: float = 10.0) -> str:
