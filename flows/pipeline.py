@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.atomic import read_json
 from tasks.cli import acquire_and_version, quiet_environment
 from tasks.dvc_repo import repo_lock, run_dvc, stage_environment
-from tasks.errors import D2lflowError
+from tasks.errors import D2lflowError, DownloadError
 from tasks.params import load_params
 from tasks.progress import run_url, ui_command
 from tasks.relay import StageOutput
@@ -39,7 +39,14 @@ def dvc_stages(root: Path, pipeline: str) -> list[str]:
     return found
 
 
-@task(name="acquire", retries=3, retry_delay_seconds=[5, 30, 120])
+def worth_retrying(task, task_run, state) -> bool:
+    """Prefect's retry condition for acquisition: a download that failed may work on a retry (a flaky
+    mirror); a user's mistake (a bad archive, a missing local_path, bad params) will not, so it fails at once."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    return isinstance(error, DownloadError) or not isinstance(error, D2lflowError)
+
+
+@task(name="acquire", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=worth_retrying)
 def acquire_task(root: str) -> dict[str, Any]:
     """Acquire the raw data of every pipeline (downloads are retried: the mirror may be flaky) and
     version data/ with DVC."""

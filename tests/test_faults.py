@@ -195,3 +195,15 @@ def test_a_cached_pipeline_still_fails_fast_on_a_dead_tracking_server(tmp_path: 
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert done.returncode == 2, done.stderr
         assert len(errors) == 1 and f"MLflow tracking server {refusing_uri}" in errors[0]
+
+
+def test_acquisition_retries_a_failed_download_but_not_a_users_mistake() -> None:
+    from prefect.states import Failed
+
+    from flows.pipeline import acquire_task, worth_retrying
+    from tasks.errors import DataError, DownloadError
+
+    assert acquire_task.retry_condition_fn is worth_retrying
+    assert worth_retrying(None, None, Failed(data=DownloadError("could not download ...: HTTP 503")))
+    assert worth_retrying(None, None, Failed(data=ConnectionResetError("reset by peer")))
+    assert not worth_retrying(None, None, Failed(data=DataError("ptb.zip: no 'ptb.train.txt' found inside")))
