@@ -410,7 +410,7 @@ def test_two_nodes_on_one_machine_train_together_and_only_node_0_has_outputs(wor
     assert node0.returncode == 0, node0.stderr
     assert node1.returncode == 0, err1
     assert json.loads(out1) == {"node_rank": 1, "outputs": "written by rank 0 on node 0 (127.0.0.1)"}
-    assert "[rank 1/2] tasks.word2vec.train: epoch 3:" in err1  # node 1's worker trained all epochs
+    assert "[rank 1/2] tasks.progress: word2vec_train epoch 3/3" in err1  # node 1's worker trained all epochs
     assert json.loads(node0.stdout)["epochs"] == 3
     (nodes_run,) = _runs(root, "nodes.db")
     assert nodes_run.data.tags["d2lflow.world_size"] == "2"

@@ -68,7 +68,8 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
 
-    epoch_lines = EpochProgress("detection_train", cfg.epochs, result.resumed_from_epoch, enabled=ctx.is_main)
+    epoch_lines = EpochProgress("detection_train", cfg.epochs, result.resumed_from_epoch,
+                                enabled=ctx.local_rank == 0)  # one line per node: its console shows progress
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         loader = epoch_loader(dataset, cfg, seed, epoch, ctx)
         warmup = None

@@ -99,7 +99,8 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
     forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
     crops = dataset.uint8()  # the same crops as uint8: `device_batch` converts them where they train
 
-    epoch_lines = EpochProgress("segmentation_train", cfg.epochs, result.resumed_from_epoch, enabled=ctx.is_main)
+    epoch_lines = EpochProgress("segmentation_train", cfg.epochs, result.resumed_from_epoch,
+                                enabled=ctx.local_rank == 0)  # one line per node: its console shows progress
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         start = time.perf_counter()
         model.train()

@@ -170,7 +170,8 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
 
     entries = None
-    epoch_lines = EpochProgress("word2vec_train", cfg.epochs, result.resumed_from_epoch, enabled=ctx.is_main)
+    epoch_lines = EpochProgress("word2vec_train", cfg.epochs, result.resumed_from_epoch,
+                                enabled=ctx.local_rank == 0)  # one line per node: its console shows progress
     for epoch in range(result.resumed_from_epoch, cfg.epochs):
         start = time.perf_counter()
         drawn = samples
