@@ -64,7 +64,7 @@ def test_two_runs_started_3_s_apart_each_register_the_model_of_their_own_params(
     for lr in ("0.003", "0.005"):
         with (tmp_path / f"run-{lr}.out").open("w") as out, (tmp_path / f"run-{lr}.err").open("w") as err:
             processes[lr] = subprocess.Popen(
-                [*CLI, "run", "word2vec", "--no-prefect", "--skip-acquire", "-S", f"word2vec.train.lr={lr}"],
+                [*CLI, "run", "word2vec", "--no-prefect", "--skip-acquire", "--json", "-S", f"word2vec.train.lr={lr}"],
                 cwd=root, stdout=out, stderr=err, text=True)
         if lr == "0.003":
             time.sleep(3)

@@ -126,18 +126,18 @@ def test_two_registrations_at_once_decide_champion_one_after_the_other(trained: 
 def test_another_store_gets_the_model_and_an_unchanged_run_registers_nothing(trained: Path, tmp_path: Path) -> None:
     root = tmp_path / "clone"
     shutil.copytree(trained, root, symlinks=True)
-    first = run(root, D2LFLOW, "run", "word2vec", "--no-prefect", "--skip-acquire")
+    first = run(root, D2LFLOW, "run", "word2vec", "--no-prefect", "--skip-acquire", "--json")
     assert json.loads(first.stdout)["registration"]["status"] == "registered"
-    unchanged = run(root, D2LFLOW, "run", "word2vec", "--no-prefect", "--skip-acquire")
+    unchanged = run(root, D2LFLOW, "run", "word2vec", "--no-prefect", "--skip-acquire", "--json")
     summary = json.loads(unchanged.stdout)
     assert summary["registration"]["message"] == "unchanged: word2vec version 1 is still champion"
     assert len(client(root / "mlflow.db").search_model_versions("name = 'word2vec'")) == 1
 
     store = tmp_path / "new-store.db"
-    moved = subprocess.run([D2LFLOW, "run", "word2vec", "--no-prefect", "--skip-acquire"], cwd=root,
+    moved = subprocess.run([D2LFLOW, "run", "word2vec", "--no-prefect", "--skip-acquire", "--json"], cwd=root,
                            env=_env(store), capture_output=True, text=True, timeout=600)
     assert moved.returncode == 0, moved.stderr
-    assert "Stage 'word2vec_train' didn't change, skipping" in moved.stderr  # the cached outputs are used
+    assert "stage word2vec_train: unchanged, skipped" in moved.stderr  # the cached outputs are used
     summary = json.loads(moved.stdout)
     assert summary["registration"]["status"] == "registered"
     assert summary["registered"]["registry"] == f"sqlite:///{store}"
