@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tasks import tracking
 from tests.conftest import BIN, REPO, copy_repo, git, run
 
 pytestmark = pytest.mark.slow
@@ -153,4 +154,6 @@ def test_dvc_exp_show_and_mlflow_agree_on_an_experiments_metrics(tmp_path: Path)
     assert recorded.data.params["word2vec.train.lr"] == "0.01"
     compared = {key: value for key, value in dvc_metrics.items() if key != "center_words_per_s"}
     assert {"heldout_loss", "final_epoch_loss", "analogy_accuracy"} <= set(compared)
-    assert {key: recorded.data.metrics[key] for key in compared} == compared
+    numbers = tracking.recorded_numbers(recorded)  # scores are metrics, counts (epochs, vocab_size, ...) tags
+    assert {key: numbers[key] for key in compared} == compared
+    assert "epochs" in compared and "epochs" in recorded.data.tags and "epochs" not in recorded.data.metrics
