@@ -50,6 +50,14 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def isolated_rng(device: torch.device):
+    """A block whose random draws leave torch's global generators as they were (CPU, and the device's on
+    CUDA): validation during training (a DataLoader iterator draws its base seed, say) must not move
+    the stream that training's own sampling (e.g. Faster R-CNN's RoI sampler) draws from, so a model
+    does not depend on how often it was validated."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
+
+
 def figure_png(fig: Any, dpi: int = 80) -> bytes:
     """A matplotlib figure as PNG bytes (and closed, so long runs don't accumulate figures)."""
     import io

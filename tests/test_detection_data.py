@@ -74,3 +74,33 @@ def test_a_non_finite_loss_stops_training_with_the_loss_dict(voc, tmp_path: Path
         torch.set_num_threads(threads)
     assert "detection.train.lr" in str(caught.value)
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_validating_during_training_does_not_change_the_trained_weights(voc, tmp_path: Path) -> None:
+    """Faster R-CNN's samplers draw from torch's global generator; a validation that draws too (a
+    DataLoader iterator takes its base seed from it) must leave that stream alone."""
+    data, out, _ = voc
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = DetectionTrainParams(epochs=2, batch_size=2, min_size=96, max_size=128, rpn_pre_nms_top_n_train=50,
+                               rpn_post_nms_top_n_train=50, box_batch_size_per_image=16)
+    calls = []
+
+    def validate(model, epoch: int) -> dict:
+        calls.append(epoch)
+        torch.rand(7)
+        iter(torch.utils.data.DataLoader(range(4)))  # what a validation loader does to the global generator
+        return {"val_probe": float(epoch)}
+
+    try:
+        weights = []
+        for hook, name in ((None, "plain"), (validate, "validated")):
+            torch.manual_seed(0)
+            model = build_detector("mobilenet_v3_large_320_fpn", 21, "none", 16, 96, 128)
+            result = train(model, DetectionDataset(out / "train", data), cfg, 0, torch.device("cpu"),
+                           tmp_path / f"{name}.pt", "fp", validate=hook)
+            weights.append(result.model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [1, 2] and [h["val_probe"] for h in result.history] == [1.0, 2.0]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

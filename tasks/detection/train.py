@@ -26,7 +26,7 @@ from tasks.detection.data import DetectionDataset, collate
 from tasks.errors import D2lflowError
 from tasks.params import DetectionTrainParams
 from tasks.progress import EpochProgress
-from tasks.runtime import restore, save_checkpoint
+from tasks.runtime import isolated_rng, restore, save_checkpoint
 
 log = logging.getLogger(__name__)
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
@@ -110,7 +110,8 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
         record = {"epoch": epoch + 1, **{name: sums[name] / steps for name in LOSSES},
                   "loss": sum(sums.values()) / steps, "images_per_s": images_seen / seconds}
         if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
-            record.update(validate(model, epoch + 1))
+            with isolated_rng(device):  # validating must not change what training draws next
+                record.update(validate(model, epoch + 1))
         result.history.append(record)
         epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
                           **{name: record[name] for name in LOSSES})

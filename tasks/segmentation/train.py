@@ -30,7 +30,7 @@ from tasks import accel, distributed
 from tasks.errors import D2lflowError
 from tasks.params import SegmentationTrainParams
 from tasks.progress import EpochProgress
-from tasks.runtime import restore, save_checkpoint
+from tasks.runtime import isolated_rng, restore, save_checkpoint
 from tasks.segmentation.data import SegmentationDataset, collate_crops, device_batch
 from tasks.voc import VOID
 
@@ -133,7 +133,8 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
                   "train_pixel_accuracy": correct / max(labelled, 1),
                   "images_per_s": examples / seconds, "seconds": seconds}
         if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
-            record.update(validate(model, epoch + 1))
+            with isolated_rng(device):  # validating must not change what training draws next
+                record.update(validate(model, epoch + 1))
         result.history.append(record)
         epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
                        train_pixel_accuracy=record["train_pixel_accuracy"])

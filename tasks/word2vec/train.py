@@ -30,7 +30,7 @@ from tasks import distributed
 from tasks.errors import D2lflowError
 from tasks.params import Word2vecPreprocessParams, Word2vecTrainParams
 from tasks.progress import EpochProgress
-from tasks.runtime import save_checkpoint
+from tasks.runtime import isolated_rng, save_checkpoint
 from tasks.word2vec.preprocess import Corpus, Samples, make_samples, split_rng
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,8 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         record = {"epoch": epoch + 1, "loss": loss_sum / examples, "seconds": seconds,
                   "center_words_per_s": examples / seconds}
         if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
-            record.update(validate(model, epoch + 1))
+            with isolated_rng(device):  # validating must not change what training draws next
+                record.update(validate(model, epoch + 1))
         result.history.append(record)
         epoch_lines.epoch(epoch + 1, record["loss"], record["center_words_per_s"], "center words/s")
         if ctx.is_main:
