@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.command == "acquire" or args.json:  # a run has logged its summary already
+    if args.command != "run" or args.json:  # a run has logged its summary already
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
 
