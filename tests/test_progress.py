@@ -60,6 +60,6 @@ def test_a_sqlite_store_points_at_mlflow_ui_and_says_how_to_start_it() -> None:
 
 def test_a_tracking_server_is_linked_directly_without_credentials() -> None:
     assert describe_run("https://alice:s3cret@mlflow.example.org:8443/", "1", "r1") == (
-        "https://mlflow.example.org:8443/#/experiments/1/runs/r1")
+        "https://mlflow.example.org:8443/#/experiments/1/runs/r1?workflowType=machine_learning")
     assert ui_command("http://127.0.0.1:5001") is None
     assert ui_command("postgresql://bob:s3cret@db:5432/mlflow") == "mlflow ui --backend-store-uri postgresql://db:5432/mlflow"
