@@ -32,13 +32,18 @@ _OFFLINE_HINT = (
 )
 
 
-def sha1_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Return the hex SHA-1 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha1()
+def digest_of(path: Path, algorithm: str = "sha1", chunk_size: int = 1 << 20) -> str:
+    """Return the hex digest (``hashlib`` algorithm name) of the file at ``path``, read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha1_of(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-1 of the file at ``path``, read in chunks."""
+    return digest_of(path, "sha1", chunk_size)
 
 
 def fetch(
@@ -49,6 +54,7 @@ def fetch(
     timeout: float = 60.0,
     chunk_size: int = 1 << 20,
     progress: bool = True,
+    md5: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
@@ -56,14 +62,16 @@ def fetch(
     streamed into ``<dest>.part`` (resumed with a Range request if it exists) and renamed to
     ``dest`` only after the checksum (if ``sha1`` is given) matches. Raises ``DownloadError``
     on HTTP/connection failures (the ``.part`` is kept for resuming) and on a checksum
-    mismatch (the ``.part`` is deleted).
+    mismatch (the ``.part`` is deleted). ``md5`` (for datasets that publish MD5s, e.g. Fashion-MNIST)
+    is checked instead of ``sha1`` when given.
     """
     dest = Path(dest)
+    algorithm, expected_digest = ("md5", md5) if md5 is not None else ("sha1", sha1)
     if dest.exists():
-        if sha1 is None or sha1_of(dest, chunk_size) == sha1.lower():
+        if expected_digest is None or digest_of(dest, algorithm, chunk_size) == expected_digest.lower():
             logger.info("%s already present, not downloading %s", dest, url)
             return dest
-        logger.warning("%s has a wrong SHA-1, removing it and downloading %s again", dest, url)
+        logger.warning("%s has a wrong %s, removing it and downloading %s again", dest, algorithm.upper(), url)
         dest.unlink()
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +124,13 @@ def fetch(
             f"connection (a re-run resumes the partial file) or {_OFFLINE_HINT}"
         ) from exc
 
-    if sha1 is not None:
-        found = sha1_of(part, chunk_size)
-        if found != sha1.lower():
+    if expected_digest is not None:
+        found = digest_of(part, algorithm, chunk_size)
+        if found != expected_digest.lower():
             part.unlink(missing_ok=True)
+            label = "SHA-1" if algorithm == "sha1" else algorithm.upper()
             raise DownloadError(
-                f"SHA-1 mismatch for {url}: expected {sha1.lower()}, found {found}. The mirror may "
+                f"{label} mismatch for {url}: expected {expected_digest.lower()}, found {found}. The mirror may "
                 "have changed or the download was corrupted; the partial file was removed, so "
                 "just re-run, or set the data source to `local` with a file you trust"
             )

@@ -19,7 +19,7 @@ from tasks.atomic import write_text
 from tasks.errors import ParamsError
 
 DEFAULT_PARAMS = Path("params.yaml")
-Pipeline = Literal["word2vec", "segmentation", "detection"]
+Pipeline = Literal["word2vec", "segmentation", "detection", "classification"]
 
 
 class Section(BaseModel):
@@ -261,6 +261,65 @@ class DetectionParams(Section):
     )
 
 
+class SyntheticFashionMnistParams(Section):
+    train_images: int = Field(6000, ge=10)
+    test_images: int = Field(1000, ge=10)
+    noise: float = Field(0.1, ge=0)  # std of the Gaussian pixel noise on the [0, 1] scale
+    seed: int = 0
+
+
+class ClassificationDataParams(Section):
+    """Fashion-MNIST's four IDX `.gz` files: downloaded from `url` (MD5-checked), copied from
+    `local_path` (a folder with the four files, `.gz` or raw IDX), or generated."""
+
+    source: Literal["download", "local", "synthetic"] = "synthetic"
+    url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # + the official file names
+    md5: dict[str, str] = {  # official file name -> its published MD5 (= tasks.classification.idx.OFFICIAL_MD5)
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    }
+    local_path: str | None = None
+    dir: str = "data/fashion-mnist"
+    synthetic: SyntheticFashionMnistParams = SyntheticFashionMnistParams()
+
+
+class ClassificationPreprocessParams(Section):
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # of the training file, held out by `seed`
+    out_dir: str = "artifacts/classification/preprocess"
+
+
+class ClassificationTrainParams(Section):
+    variant: Literal["sigmoid", "relu"] = "sigmoid"  # the book's LeNet (7.6) | ReLU + max pooling
+    lr: float = Field(0.1, gt=0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    num_workers: int = Field(0, ge=0)
+    out_dir: str = "artifacts/classification/train"
+    checkpoint_dir: str = "checkpoints/classification"
+
+
+class ClassificationEvaluateParams(Section):
+    batch_size: int = Field(1024, ge=1)
+    figure_images: int = Field(16, ge=0)  # misclassified test images drawn in the MLflow figure
+    out_dir: str = "artifacts/classification/evaluate"
+
+
+class ClassificationParams(Section):
+    data: ClassificationDataParams = ClassificationDataParams()
+    preprocess: ClassificationPreprocessParams = ClassificationPreprocessParams()
+    train: ClassificationTrainParams = ClassificationTrainParams()
+    evaluate: ClassificationEvaluateParams = ClassificationEvaluateParams()
+    register: RegisterParams = RegisterParams(
+        model_name="lenet-fashion-mnist",
+        primary_metric="accuracy",
+        greater_is_better=True,
+        out_dir="artifacts/classification/register",
+    )
+
+
 class ToleranceParams(Section):
     """A reproduced metric matches when |reproduced - recorded| <= atol + rtol * |recorded|."""
 
@@ -328,6 +387,7 @@ class Params(Section):
     word2vec: Word2vecParams = Word2vecParams()
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
+    classification: ClassificationParams = ClassificationParams()
     reproduce: ReproduceParams = ReproduceParams()
     dvc: DvcParams = DvcParams()
     schedule: ScheduleParams = ScheduleParams()
