@@ -255,3 +255,13 @@ def test_the_default_md5s_are_the_published_ones() -> None:
 
     assert ClassificationDataParams().md5 == OFFICIAL_MD5
     assert load_params(REPO / "params.yaml").classification.data.md5 == OFFICIAL_MD5
+
+
+def test_an_accuracy_at_chance_is_said_and_a_clear_one_is_not():
+    from tasks.classification.metrics import chance_warning
+
+    # 10 classes, 1,000 images: chance 0.1, three standard deviations 0.028
+    assert "at chance" in chance_warning(0.100, 1000, 10)
+    assert "variant: relu" in chance_warning(0.125, 1000, 10)
+    assert chance_warning(0.135, 1000, 10) is None
+    assert chance_warning(0.72, 1000, 10) is None

@@ -20,7 +20,7 @@ from tasks.classification import train as tr
 from tasks.classification.data import FashionMnist, load_split
 from tasks.classification.data import preprocess as preprocess_idx
 from tasks.classification.idx import CLASS_NAMES, NUM_CLASSES
-from tasks.classification.metrics import classification_scores
+from tasks.classification.metrics import chance_warning, classification_scores
 from tasks.classification.source import stage as stage_data
 from tasks.metrics import confusion_matrix
 from tasks.params import Params
@@ -225,8 +225,13 @@ def evaluate(params: Params) -> dict[str, Any]:
         tmp.write_bytes(misclassified_figure(images, labels.numpy(), predicted.numpy(), probabilities,
                                              cfg.evaluate.figure_images))
     write_json(out["metrics"], metrics)
+    warning = chance_warning(metrics["accuracy"], metrics["test_images"], NUM_CLASSES)
+    if warning:
+        log.warning("%s", warning)
     with tracking.reopened_run(PIPELINE, params, out["run"]):
         tracking.log_metrics(metrics)
+        if warning:
+            mlflow.set_tag(f"{tracking.TAG}warning", warning)
         mlflow.log_dict(per_class, "evaluation/per_class_accuracy.json")
         mlflow.log_dict({"classes": list(CLASS_NAMES), "matrix": confusion.tolist()}, "evaluation/confusion.json")
         for key in ("confusion", "confusion_figure", "misclassified"):
