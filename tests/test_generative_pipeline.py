@@ -178,8 +178,8 @@ def test_both_models_beat_the_gaussian_baseline_and_register_as_loadable_sampler
 def test_killed_dcgan_training_resumes_with_exactly_the_uninterrupted_weights(tmp_path: Path) -> None:
     """A real `python -m tasks generative train_dcgan` killed (SIGKILL) after its first checkpoint, run again,
     ends with the generator and discriminator of an uninterrupted run, bit for bit (CPU)."""
-    write_classification_outputs(tmp_path, n_train=300, n_test=40)
-    params_file = write_params(tmp_path, {"train_dcgan": {"epochs": 40, "batch_size": 64}})
+    write_classification_outputs(tmp_path, n_train=120, n_test=40)
+    params_file = write_params(tmp_path, {"train_dcgan": {"epochs": 8, "batch_size": 64}})
     command = [sys.executable, "-m", "tasks", "generative", "train_dcgan", "--params", str(params_file)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     checkpoint = tmp_path / "checkpoints/generative/dcgan/last.pt"
@@ -202,7 +202,7 @@ def test_killed_dcgan_training_resumes_with_exactly_the_uninterrupted_weights(tm
                 torch.load(out / "discriminator.pt", weights_only=True))
 
     resumed, resumed_g, resumed_d = finished()
-    assert 1 <= resumed["resumed_from_epoch"] < 40 and resumed["epochs"] == 40
+    assert 1 <= resumed["resumed_from_epoch"] < 8 and resumed["epochs"] == 8
     checkpoint.unlink()
     fresh, fresh_g, fresh_d = finished()
     assert fresh["resumed_from_epoch"] == 0
