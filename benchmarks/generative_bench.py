@@ -38,20 +38,22 @@ def book_dcgan_images_per_s(images: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--n-train", type=int, default=6000)
+    parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--vae-epochs", type=int, default=10)
-    parser.add_argument("--dcgan-epochs", type=int, default=8)
+    parser.add_argument("--vae-epochs", type=int, default=5)
+    parser.add_argument("--vae-base", type=int, default=16)
+    parser.add_argument("--dcgan-epochs", type=int, default=5)
     parser.add_argument("--dcgan-base", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=1000)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="generative-bench-") as scratch:
         root = Path(scratch)
         write_classification_outputs(root, args.n_train, args.n_test)
         params = load_params(write_params(root, {
-            "train_vae": {"latent_dim": 16, "base": 32, "epochs": args.vae_epochs, "batch_size": 128, "lr": 0.001},
-            "train_dcgan": {"base": args.dcgan_base, "epochs": args.dcgan_epochs, "batch_size": 128},
+            "train_vae": {"latent_dim": 16, "base": args.vae_base, "epochs": args.vae_epochs, "batch_size": 32,
+                          "lr": 0.003},
+            "train_dcgan": {"base": args.dcgan_base, "epochs": args.dcgan_epochs, "batch_size": 64},
             "evaluate": {"samples": args.samples, "batch_size": 500, "grid_images": 64, "interpolation_steps": 10}}))
         vae, dcgan = stages.train_vae(params), stages.train_dcgan(params)
         metrics = stages.evaluate(params)

@@ -265,7 +265,7 @@ def evaluate(params: Params) -> dict[str, Any]:
             rows.append((f"DCGAN: z{k} → z{k + 1}", tr.gan_to_uint8(G.eval()(ev.lerp(z[k], z[k + 1],
                                                                                     e.interpolation_steps)))))
         reconstructions = reconstruct(vae, test.images[half_b[: e.interpolation_steps]])
-        rows.append(("VAE reconstructions (top: test images)", np.concatenate(
+        rows.append(("VAE reconstructions (each pair: test image | its reconstruction from μ)", np.concatenate(
             [test.images[half_b[: e.interpolation_steps]], reconstructions], axis=2)))
     with atomic_path(out["interpolation"]) as tmp:
         tmp.write_bytes(ev.interpolation_figure(rows))
