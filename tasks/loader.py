@@ -43,8 +43,11 @@ def _serving_class(pipeline: str):
     if pipeline == "classification":
         from tasks.classification.serving import LenetClassifier
         return LenetClassifier, ("weights", "config")
+    if pipeline == "generative":
+        from tasks.generative.serving import GenerativeSampler
+        return GenerativeSampler, ("weights", "config")
     raise D2lflowError(f"the model version's tag {TAG}pipeline is {pipeline!r}; this d2lflow loads "
-                       "word2vec, segmentation, detection and classification models")
+                       "word2vec, segmentation, detection, classification and generative models")
 
 
 @dataclass

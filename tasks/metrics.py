@@ -85,3 +85,16 @@ def segmentation_scores(confusion, class_names: list[str] | None = None) -> dict
         "frequency_weighted_iou": (_round((truth[present] * class_iou[present]).sum() / total)
                                    if total > 0 else None),
     }
+
+
+def chance_warning(accuracy: float, images: int, classes: int) -> str | None:
+    """A sentence when `accuracy` on `images` is not clearly above guessing among `classes` (within three
+    binomial standard deviations of 1/classes), else None: a model at chance must not pass silently."""
+    chance = 1.0 / classes
+    margin = 3.0 * (chance * (1.0 - chance) / max(images, 1)) ** 0.5
+    if accuracy > chance + margin:
+        return None
+    return (f"test accuracy {accuracy:.3f} on {images} images is at chance (1/{classes} = {chance:.3f}, "
+            f"±{margin:.3f}): the model did not learn. The book's sigmoid LeNet needs about 1,000 SGD steps to "
+            "leave its plateau (the full 60k images give 4,690 in 10 epochs); train on the full data "
+            "(classification.data.source: download), or set classification.train.variant: relu")

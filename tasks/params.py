@@ -19,7 +19,7 @@ from tasks.atomic import write_text
 from tasks.errors import ParamsError
 
 DEFAULT_PARAMS = Path("params.yaml")
-Pipeline = Literal["word2vec", "segmentation", "detection", "classification"]
+Pipeline = Literal["word2vec", "segmentation", "detection", "classification", "generative"]
 
 
 class Section(BaseModel):
@@ -319,6 +319,61 @@ class ClassificationParams(Section):
         out_dir="artifacts/classification/register",
     )
 
+class GenerativeDataParams(Section):
+    """The classification pipeline's outputs the generative pipeline reads (DVC deps; never copied)."""
+
+    preprocess_dir: str = "artifacts/classification/preprocess"  # train.npz / test.npz (uint8 images, labels)
+    classifier: str = "artifacts/classification/train/model.pt"  # LeNet state_dict (classification.train.variant)
+
+
+class VaeTrainParams(Section):
+    latent_dim: int = Field(16, ge=1)
+    base: int = Field(32, ge=1)  # channels of the first conv (the second has twice as many)
+    lr: float = Field(1e-3, gt=0)  # Adam
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    out_dir: str = "artifacts/generative/train_vae"
+    checkpoint_dir: str = "checkpoints/generative/vae"
+
+
+class DcganTrainParams(Section):
+    """The book's DCGAN (d2l 20.2): Adam lr 0.005, beta1 0.5, latent 100; image_size 32 pads the 28x28 images."""
+
+    image_size: Literal[28, 32] = 28
+    latent_dim: int = Field(100, ge=1)
+    base: int = Field(64, ge=1)  # the book's n_G = n_D = 64
+    lr: float = Field(0.005, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    out_dir: str = "artifacts/generative/train_dcgan"
+    checkpoint_dir: str = "checkpoints/generative/dcgan"
+
+
+class GenerativeEvaluateParams(Section):
+    samples: int = Field(10000, ge=8)  # per model and baseline (the coverage histogram's 10k)
+    batch_size: int = Field(500, ge=1)
+    k: int = Field(3, ge=1)  # neighbours of the precision/recall manifolds
+    grid_images: int = Field(64, ge=1)
+    interpolation_steps: int = Field(10, ge=2)
+    out_dir: str = "artifacts/generative/evaluate"
+
+
+class GenerativeRegisterParams(Section):
+    vae: RegisterParams = RegisterParams(model_name="vae-fashion-mnist", primary_metric="fid_lenet",
+                                         greater_is_better=False, out_dir="artifacts/generative/register/vae")
+    dcgan: RegisterParams = RegisterParams(model_name="dcgan-fashion-mnist", primary_metric="fid_lenet",
+                                           greater_is_better=False, out_dir="artifacts/generative/register/dcgan")
+
+
+class GenerativeParams(Section):
+    data: GenerativeDataParams = GenerativeDataParams()
+    train_vae: VaeTrainParams = VaeTrainParams()
+    train_dcgan: DcganTrainParams = DcganTrainParams()
+    evaluate: GenerativeEvaluateParams = GenerativeEvaluateParams()
+    register: GenerativeRegisterParams = GenerativeRegisterParams()
+
 
 class ToleranceParams(Section):
     """A reproduced metric matches when |reproduced - recorded| <= atol + rtol * |recorded|."""
@@ -388,6 +443,8 @@ class Params(Section):
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
     classification: ClassificationParams = ClassificationParams()
+
+    generative: GenerativeParams = GenerativeParams()
     reproduce: ReproduceParams = ReproduceParams()
     dvc: DvcParams = DvcParams()
     schedule: ScheduleParams = ScheduleParams()

@@ -173,12 +173,20 @@ def experiment_id(pipeline: str, params: Params) -> str:
 def experiment_description(pipeline: str, params: Params) -> str:
     """The experiment's description (MLflow shows `mlflow.note.content` above the runs table)."""
     stages = [name for name in lineage.stage_names(params.root()) if name.startswith(f"{pipeline}_")]
-    register = getattr(params, pipeline).register
-    best = "highest" if register.greater_is_better else "lowest"
+    registers = register_sections(params, pipeline)
+    models = "; ".join(f"{r.model_name}: alias champion on the {'highest' if r.greater_is_better else 'lowest'} "
+                       f"{r.primary_metric}" for r in registers)
     return (f"d2lflow pipeline {pipeline}: one run per trained model, from the DVC stages "
             f"{', '.join(stages) or '(none found in dvc.yaml)'}. Params: {pipeline}.* in params.yaml (a run's name "
-            f"carries its -S edits). Registered model {register.model_name}: alias champion on the {best} "
-            f"{register.primary_metric}.")
+            f"carries its -S edits). Registered model{'s' if len(registers) > 1 else ''} {models}.")
+
+
+def register_sections(params: Params, pipeline: str) -> list[RegisterParams]:
+    """The pipeline's register params: its `register` section, or each one it holds (generative: vae, dcgan)."""
+    register = getattr(params, pipeline).register
+    if isinstance(register, RegisterParams):
+        return [register]
+    return [getattr(register, name) for name in type(register).model_fields]
 
 
 def _is_count(key: str) -> bool:

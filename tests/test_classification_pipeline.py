@@ -258,7 +258,7 @@ def test_the_default_md5s_are_the_published_ones() -> None:
 
 
 def test_an_accuracy_at_chance_is_said_and_a_clear_one_is_not():
-    from tasks.classification.metrics import chance_warning
+    from tasks.metrics import chance_warning
 
     # 10 classes, 1,000 images: chance 0.1, three standard deviations 0.028
     assert "at chance" in chance_warning(0.100, 1000, 10)

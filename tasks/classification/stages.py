@@ -20,9 +20,9 @@ from tasks.classification import train as tr
 from tasks.classification.data import FashionMnist, load_split
 from tasks.classification.data import preprocess as preprocess_idx
 from tasks.classification.idx import CLASS_NAMES, NUM_CLASSES
-from tasks.classification.metrics import chance_warning, classification_scores
+from tasks.classification.metrics import classification_scores
 from tasks.classification.source import stage as stage_data
-from tasks.metrics import confusion_matrix
+from tasks.metrics import chance_warning, confusion_matrix
 from tasks.params import Params
 from tasks.runtime import code_hash, figure_png, fingerprint, hash_tree, save_torch, seed_everything, select_device
 from tasks.synthetic.fashion_mnist import write_synthetic_fashion_mnist
