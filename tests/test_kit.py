@@ -11,7 +11,7 @@ from tasks import kit
 from tasks.params import Params
 
 
-@pytest.mark.parametrize("pipeline", ["word2vec", "segmentation"])
+@pytest.mark.parametrize("pipeline", ["word2vec", "segmentation", "detection"])
 def test_the_train_stage_is_a_spec_the_kit_runs(pipeline: str) -> None:
     stages = importlib.import_module(f"tasks.{pipeline}.stages")
     assert isinstance(stages.TRAIN, kit.TrainSpec)
