@@ -53,9 +53,9 @@ def preprocess(params: Params) -> dict[str, Any]:
 
 
 def _outputs(params: Params) -> dict[str, Path]:
-    train = kit.train_outputs(params, PIPELINE)
+    trained = kit.train_outputs(params, PIPELINE)
     eval_dir = params.path(params.segmentation.evaluate.out_dir)
-    return {**train, "train_metrics": train["metrics"],
+    return {**trained, "train_metrics": trained["metrics"],
             "metrics": eval_dir / "metrics.json", "per_class": eval_dir / "per_class_iou.json",
             "confusion": eval_dir / "confusion.csv", "figure": eval_dir / "predictions.png"}
 
