@@ -261,6 +261,9 @@ class DetectionParams(Section):
     )
 
 
+# d2lflow new: the sections of new pipelines go above this line
+
+
 class ToleranceParams(Section):
     """A reproduced metric matches when |reproduced - recorded| <= atol + rtol * |recorded|."""
 
@@ -328,6 +331,7 @@ class Params(Section):
     word2vec: Word2vecParams = Word2vecParams()
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
+    # d2lflow new: the fields of new pipelines go above this line
     reproduce: ReproduceParams = ReproduceParams()
     dvc: DvcParams = DvcParams()
     schedule: ScheduleParams = ScheduleParams()
