@@ -17,6 +17,15 @@ the same way for every pipeline:
 - register reads `<pipeline>.evaluate.out_dir/metrics.json`, writes `serving.json` when the pipeline has a
   serving config, and calls `tracking.log_and_register` (idempotent, the champion rule of `register.*`).
 
+Moving an old-style train stage onto the kit is mechanical: what it did between `process_group` and
+`training_run` (datasets, model, distributed checks) becomes `prepare(job)`; its `tr.train(...)` call
+becomes `fit(job)`, fed `job.state`, `job.checkpoint`, `job.fingerprint`, `job.run_id`, `job.on_epoch` and
+`job.ctx`; its metrics dict becomes `summary(job, result)`; its `fingerprint(...)` arguments ahead of the
+seed become `fingerprint_config` and the `code_hash(...)` ones `code`; its `on_epoch` mapping becomes
+`epoch_metrics`, the keys it did not log again `logged_per_epoch`, its history.csv columns `history`.
+Its register stage keeps only its signature, input example, pyfunc and serving config. Then
+`tests/test_dvc_yaml.py` names the dvc.yaml deps to add (tasks/kit.py among them).
+
 `epoch_loop` is the train loop itself (resume, per-epoch validation that leaves training's random stream
 alone, progress, a checkpoint after every epoch) for a pipeline that supplies one `train_epoch` function;
 `d2lflow new NAME` scaffolds such a pipeline (tasks/scaffold.py).
