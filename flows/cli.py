@@ -5,6 +5,7 @@
   d2lflow plots [PIPELINE] [--out DIR]                     dvc.yaml's plots as a page that renders offline
   d2lflow sweep word2vec -S key=v1,v2 [-S ...] [--jobs N]  a grid through DVC's experiment queue, ranked
   d2lflow exp show word2vec                                `dvc exp show` with only that pipeline's columns
+  d2lflow new NAME                                         scaffold a pipeline on the kit (tasks/kit.py)
 
 `-S` edits params.yaml in place (validated first), like `dvc exp run -S`, so what ran is what the
 commit records. It is applied only once this run holds the repository lock (a run started while another
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     plots = sub.add_parser("plots", help="dvc.yaml's plots as a page that renders offline (SVG inline)")
     plots.add_argument("pipeline", nargs="?", choices=PIPELINES, help="only this pipeline's plots (default: all)")
     plots.add_argument("--out", help="output folder (default: artifacts/plots/PIPELINE, or artifacts/plots/all)")
-    for command in (run, acquire, plots):
+    new = sub.add_parser("new", help="scaffold a pipeline on the kit that runs on synthetic data (tasks/scaffold.py)")
+    new.add_argument("name", help="the pipeline's name: a lower-case Python identifier")
+    for command in (run, acquire, plots, new):
         command.add_argument("--root", default=".", help="repository root (default: current directory)")
     _add_sweep_commands(sub)
     args = parser.parse_args(argv)
@@ -68,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             from flows.sweep import run_command
 
             return run_command(args, root)
-        if args.command == "acquire":
+        if args.command == "new":
+            from tasks.scaffold import new as scaffold
+
+            summary = scaffold(root, args.name)
+        elif args.command == "acquire":
             summary = acquire_and_version(root)
         elif args.command == "plots":
             from tasks.plots import write_page

@@ -375,6 +375,9 @@ class GenerativeParams(Section):
     register: GenerativeRegisterParams = GenerativeRegisterParams()
 
 
+# d2lflow new: the sections of new pipelines go above this line
+
+
 class ToleranceParams(Section):
     """A reproduced metric matches when |reproduced - recorded| <= atol + rtol * |recorded|."""
 
@@ -443,8 +446,8 @@ class Params(Section):
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
     classification: ClassificationParams = ClassificationParams()
-
     generative: GenerativeParams = GenerativeParams()
+    # d2lflow new: the fields of new pipelines go above this line
     reproduce: ReproduceParams = ReproduceParams()
     dvc: DvcParams = DvcParams()
     schedule: ScheduleParams = ScheduleParams()

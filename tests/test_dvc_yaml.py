@@ -100,6 +100,8 @@ def stage_code(pipeline: str, step: str) -> set[str]:
     tree = ast.parse(path.read_text())
     bound = _imported(tree, _package(path))
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    functions |= {target.id: node for node in tree.body if isinstance(node, ast.Assign)  # TRAIN = kit.TrainSpec(...)
+                  for target in node.targets if isinstance(target, ast.Name)}
     used, todo, visited = set(), [step], set()
     while todo:
         name = todo.pop()

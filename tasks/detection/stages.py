@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.detection import build_detector, build_from_config
-from tasks import distributed, plots, tracking
+from tasks import kit, tracking
 from tasks.acquire import Staging, check_voc_lists
-from tasks.atomic import atomic_path, read_json, write_json, write_text
+from tasks.atomic import atomic_path, write_json
 from tasks.detection import train as tr
 from tasks.detection.ap import Detections, GroundTruth, coco_map, voc_ap
 from tasks.detection.data import DetectionDataset, collate
@@ -23,15 +23,7 @@ from tasks.detection.data import preprocess as preprocess_boxes
 from tasks.detection.transforms import TrainTransform
 from tasks.errors import DataError
 from tasks.params import Params
-from tasks.runtime import (
-    code_hash,
-    figure_png,
-    fingerprint,
-    hash_tree,
-    save_torch,
-    seed_everything,
-    select_device,
-)
+from tasks.runtime import figure_png, select_device
 from tasks.voc import VOC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -69,11 +61,9 @@ def preprocess(params: Params) -> dict[str, Any]:
 
 
 def _outputs(params: Params) -> dict[str, Path]:
-    train_dir = params.path(params.detection.train.out_dir)
+    trained = kit.train_outputs(params, PIPELINE)
     eval_dir = params.path(params.detection.evaluate.out_dir)
-    return {"model": train_dir / "model.pt", "history": train_dir / "history.csv",
-            "train_metrics": train_dir / "metrics.json", "run": train_dir / "run.json",
-            "validation": train_dir / "validation.csv",
+    return {**trained, "train_metrics": trained["metrics"],
             "metrics": eval_dir / "metrics.json", "per_class": eval_dir / "per_class_ap.json",
             "pr": eval_dir / "pr_curves", "figure": eval_dir / "predictions.png"}
 
@@ -82,73 +72,63 @@ def _model(params: Params, weights: str) -> torch.nn.Module:
     return build_from_config(params.detection.train.model_dump(), len(VOC_CLASSES), weights)
 
 
+def _prepare(job: kit.TrainJob) -> dict[str, Any]:
+    cfg, params = job.cfg, job.params
+    pre_dir = params.path(cfg.preprocess.out_dir)
+    transform = TrainTransform(flip_prob=cfg.train.flip_prob,
+                               crop_size=tuple(cfg.train.crop_size) if cfg.train.crop_size else None)
+    dataset = DetectionDataset(pre_dir / "train", params.path(cfg.preprocess.data_dir), transform, params.seed)
+    return {"dataset": dataset, "model": _model(params, cfg.train.weights)}
+
+
+def _fit(job: kit.TrainJob) -> tr.TrainResult:
+    cfg, params, device = job.cfg, job.params, job.device
+    val_set = DetectionDataset(params.path(cfg.preprocess.out_dir) / "val", params.path(cfg.preprocess.data_dir))
+
+    def validate(model: torch.nn.Module, epoch: int) -> dict:
+        """VOC mAP@0.5 on val with the evaluate stage's thresholds, every `eval_every` epochs and
+        after the last (the thresholds act only on predictions, never on the training losses)."""
+        if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+            return {}
+        heads = model.roi_heads
+        heads.score_thresh, heads.nms_thresh = cfg.evaluate.score_thresh, cfg.evaluate.nms_thresh
+        heads.detections_per_img = cfg.evaluate.detections_per_image
+        model.eval()
+        dets, gts, _ = predict(model, val_set, device, cfg.evaluate.batch_size)
+        return {"val_map_50": voc_ap(dets, gts, 0.5, "voc10", list(range(1, len(VOC_CLASSES))))["map"]}
+    return tr.train(job.data["model"], job.data["dataset"], cfg.train, params.seed, device, job.checkpoint,
+                    job.fingerprint, state=job.state, run_id=job.run_id, on_epoch=job.on_epoch, ctx=job.ctx,
+                    validate=validate)
+
+
+def _summary(job: kit.TrainJob, result: tr.TrainResult) -> dict[str, Any]:
+    history = result.history
+    return {"final_epoch_loss": history[-1]["loss"], **{k: history[-1][k] for k in tr.LOSSES},
+            "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+            "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
+            "train_images": len(job.data["dataset"])}
+
+
+TRAIN = kit.TrainSpec(
+    pipeline=PIPELINE,
+    data_dir=lambda params: params.path(params.detection.preprocess.data_dir),
+    fingerprint_config=lambda params: (
+        params.detection.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers", "eval_every"}),),
+    code=(tr, build_detector),
+    prepare=_prepare,
+    fit=_fit,
+    summary=_summary,
+    logged_per_epoch=("images_per_s", *tr.LOSSES),
+    history={"epoch": "", "loss": ".6f", **{k: ".6f" for k in tr.LOSSES}, "images_per_s": ".6f"},
+    skipped_samples=True,
+)
+
+
 def train(params: Params) -> dict[str, Any]:
     """Train Faster R-CNN (resuming from a matching checkpoint); write weights, history, train metrics.
     With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
-    MLflow and writes outputs and checkpoints."""
-    out = _outputs(params)
-    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
-    if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
-        return summary
-    cfg = params.detection
-    pre_dir = params.path(cfg.preprocess.out_dir)
-    with distributed.process_group(params) as ctx:
-        device = ctx.device
-        seed_everything(params.seed)
-        transform = TrainTransform(flip_prob=cfg.train.flip_prob,
-                                   crop_size=tuple(cfg.train.crop_size) if cfg.train.crop_size else None)
-        dataset = DetectionDataset(pre_dir / "train", params.path(cfg.preprocess.data_dir), transform, params.seed)
-        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
-                                                                    "eval_every"}),
-                                      params.seed, device.type, ctx.world_size, hash_tree(pre_dir),
-                                      code_hash(tr, build_detector))
-        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
-        model = _model(params, cfg.train.weights)
-        with distributed.main_only(ctx, tracking.training_run(
-                PIPELINE, params, str(device), out["run"], params.path(cfg.preprocess.data_dir),
-                resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
-            if run:
-                tracking.log_skipped_samples(pre_dir / "stats.json")  # `on_bad_sample: skip` counts
-
-            def on_epoch(record: dict) -> None:
-                tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-
-            val_set = DetectionDataset(pre_dir / "val", params.path(cfg.preprocess.data_dir))
-
-            def validate(model: torch.nn.Module, epoch: int) -> dict:
-                """VOC mAP@0.5 on val with the evaluate stage's thresholds, every `eval_every` epochs and
-                after the last (the thresholds act only on predictions, never on the training losses)."""
-                if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
-                    return {}
-                heads = model.roi_heads
-                heads.score_thresh, heads.nms_thresh = cfg.evaluate.score_thresh, cfg.evaluate.nms_thresh
-                heads.detections_per_img = cfg.evaluate.detections_per_image
-                model.eval()
-                dets, gts, _ = predict(model, val_set, device, cfg.evaluate.batch_size)
-                return {"val_map_50": voc_ap(dets, gts, 0.5, "voc10", list(range(1, len(VOC_CLASSES))))["map"]}
-
-            result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint,
-                              state=state, run_id=run.info.run_id if run else "",
-                              on_epoch=on_epoch if run else None, ctx=ctx, validate=validate)
-            history = result.history
-            metrics = {"final_epoch_loss": history[-1]["loss"], **{k: history[-1][k] for k in tr.LOSSES},
-                       "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-                       "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
-                       "train_images": len(dataset)}
-            if not ctx.is_main:
-                return {"rank": ctx.rank, "outputs": "written by rank 0"}
-            # the rest were logged per epoch (a second, step-less value would break their series)
-            tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("images_per_s", *tr.LOSSES)})
-            save_torch(out["model"], {k: v.cpu() for k, v in result.model.state_dict().items()}, "the trained weights")
-            columns = ["epoch", "loss", *tr.LOSSES, "images_per_s"]
-            write_text(out["history"], ",".join(columns) + "\n" + "".join(
-                ",".join(f"{h[c]:.6f}" if isinstance(h[c], float) else str(h[c]) for c in columns) + "\n"
-                for h in history))
-            plots.write_validation(out["validation"], history)
-            write_json(out["train_metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
-            plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [out["history"], out["validation"]])
-    return metrics
+    MLflow and writes outputs and checkpoints (tasks/kit.py)."""
+    return kit.train(TRAIN, params)
 
 
 def load_model(params: Params, device: torch.device) -> torch.nn.Module:
@@ -253,17 +233,13 @@ def register(params: Params) -> dict[str, Any]:
     from tasks.detection.serving import COLUMNS, FasterRcnnDetector
 
     cfg = params.detection
-    out = _outputs(params)
-    config = params.path(cfg.register.out_dir) / "serving.json"
-    write_json(config, {"train": cfg.train.model_dump(mode="json"), "evaluate": cfg.evaluate.model_dump(mode="json"),
-                        "classes": list(VOC_CLASSES)})
     types = {"image": "long", "label": "long", "name": "string"}
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
                                outputs=Schema([ColSpec(types.get(c, "double"), c) for c in COLUMNS]))
     image = dataset_image(params)
-    return tracking.log_and_register(PIPELINE, params, cfg.register, out["run"], read_json(out["metrics"]),
-                                     FasterRcnnDetector(), {"weights": str(out["model"]), "config": str(config)},
-                                     signature, image[None])
+    return kit.register(params, PIPELINE, FasterRcnnDetector(), signature, image[None],
+                        serving={"train": cfg.train.model_dump(mode="json"),
+                                 "evaluate": cfg.evaluate.model_dump(mode="json"), "classes": list(VOC_CLASSES)})
 
 
 def dataset_image(params: Params) -> np.ndarray:

@@ -14,21 +14,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.fcn import build_fcn
-from tasks import distributed, plots, tracking
+from tasks import kit, tracking
 from tasks.acquire import Staging, check_voc_lists
 from tasks.acquire import acquire as acquire_data
-from tasks.atomic import atomic_path, read_json, write_json, write_text
+from tasks.atomic import atomic_path, write_json, write_text
 from tasks.metrics import confusion_matrix, segmentation_scores
 from tasks.params import Params
-from tasks.runtime import (
-    code_hash,
-    figure_png,
-    fingerprint,
-    hash_tree,
-    save_torch,
-    seed_everything,
-    select_device,
-)
+from tasks.runtime import figure_png, select_device
 from tasks.segmentation import train as tr
 from tasks.segmentation.data import SegmentationDataset, load_split, normalize
 from tasks.segmentation.data import preprocess as preprocess_voc
@@ -61,83 +53,73 @@ def preprocess(params: Params) -> dict[str, Any]:
 
 
 def _outputs(params: Params) -> dict[str, Path]:
-    train_dir = params.path(params.segmentation.train.out_dir)
+    trained = kit.train_outputs(params, PIPELINE)
     eval_dir = params.path(params.segmentation.evaluate.out_dir)
-    return {"model": train_dir / "model.pt", "history": train_dir / "history.csv",
-            "train_metrics": train_dir / "metrics.json", "run": train_dir / "run.json",
-            "validation": train_dir / "validation.csv",
+    return {**trained, "train_metrics": trained["metrics"],
             "metrics": eval_dir / "metrics.json", "per_class": eval_dir / "per_class_iou.json",
             "confusion": eval_dir / "confusion.csv", "figure": eval_dir / "predictions.png"}
+
+
+def _prepare(job: kit.TrainJob) -> dict[str, Any]:
+    cfg = job.cfg
+    dataset = SegmentationDataset(job.params.path(cfg.preprocess.out_dir) / "train", tuple(cfg.preprocess.crop_size),
+                                  job.params.seed, train=True)
+    tr.check_distributed(cfg.train, len(dataset), job.ctx)  # before anything is logged
+    return {"dataset": dataset, "model": build_fcn(len(VOC_CLASSES), cfg.train.backbone_weights)}
+
+
+def _fit(job: kit.TrainJob) -> tr.TrainResult:
+    cfg, device = job.cfg, job.device
+    pre_dir = job.params.path(cfg.preprocess.out_dir)
+
+    def validate(model: torch.nn.Module, epoch: int) -> dict:
+        """Center-crop mIoU and pixel accuracy on val (the evaluate stage's first mode), every
+        `eval_every` epochs and after the last."""
+        if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+            return {}
+        model.eval()
+        _, scores, _ = evaluate_split(model, pre_dir / "val", tuple(cfg.preprocess.crop_size), ["center_crop"],
+                                      cfg.evaluate.tile_overlap, cfg.evaluate.batch_size, device)
+        return {"val_mean_iou": scores["center_crop"]["mean_iou"],
+                "val_pixel_accuracy": scores["center_crop"]["pixel_accuracy"]}
+    return tr.train(job.data["model"], job.data["dataset"], cfg.train, job.params.seed, device, job.checkpoint,
+                    job.fingerprint, state=job.state, run_id=job.run_id, on_epoch=job.on_epoch, ctx=job.ctx,
+                    validate=validate)
+
+
+def _summary(job: kit.TrainJob, result: tr.TrainResult) -> dict[str, Any]:
+    history = result.history
+    return {"final_epoch_loss": history[-1]["loss"], "train_pixel_accuracy": history[-1]["train_pixel_accuracy"],
+            "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+            "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
+            "train_images": len(job.data["dataset"])}
+
+
+TRAIN = kit.TrainSpec(
+    pipeline=PIPELINE,
+    data_dir=lambda params: params.path(params.segmentation.data.dir),
+    fingerprint_config=lambda params: (
+        params.segmentation.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers", "pin_memory",
+                                                      "eval_every"}),
+        params.segmentation.preprocess.model_dump(exclude={"out_dir"})),
+    code=(tr, build_fcn),
+    prepare=_prepare,
+    fit=_fit,
+    summary=_summary,
+    epoch_metrics=lambda record: {"train_loss": record["loss"], "train_pixel_accuracy": record["train_pixel_accuracy"],
+                                  "images_per_s": record["images_per_s"],
+                                  **{k: v for k, v in record.items() if k.startswith("val_")}},
+    logged_per_epoch=("images_per_s", "train_pixel_accuracy"),
+    history={"epoch": "", "loss": ".6f", "train_pixel_accuracy": ".6f", "images_per_s": ".3f"},
+    skipped_samples=True,
+)
 
 
 def train(params: Params) -> dict[str, Any]:
     """Train the FCN (resuming from a matching checkpoint); write weights, history and train metrics.
     With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
-    MLflow and writes outputs and checkpoints."""
-    out = _outputs(params)
-    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
-    if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
-        return summary
-    cfg = params.segmentation
-    pre_dir = params.path(cfg.preprocess.out_dir)
-    with distributed.process_group(params) as ctx:
-        device = ctx.device
-        seed_everything(params.seed)
-        dataset = SegmentationDataset(pre_dir / "train", tuple(cfg.preprocess.crop_size), params.seed, train=True)
-        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
-                                                                    "pin_memory", "eval_every"}),
-                                      cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                      ctx.world_size, hash_tree(pre_dir), code_hash(tr, build_fcn))
-        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
-        tr.check_distributed(cfg.train, len(dataset), ctx)
-        model = build_fcn(len(VOC_CLASSES), cfg.train.backbone_weights)
-        with distributed.main_only(ctx, tracking.training_run(
-                PIPELINE, params, str(device), out["run"], params.path(cfg.data.dir),
-                resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
-            if run:
-                tracking.log_skipped_samples(pre_dir / "stats.json")  # `on_bad_sample: skip` counts
-
-            def on_epoch(record: dict) -> None:
-                tracking.log_metrics({"train_loss": record["loss"],
-                                      "train_pixel_accuracy": record["train_pixel_accuracy"],
-                                      "images_per_s": record["images_per_s"],
-                                      **{k: v for k, v in record.items() if k.startswith("val_")}},
-                                     step=record["epoch"])
-
-            def validate(model: torch.nn.Module, epoch: int) -> dict:
-                """Center-crop mIoU and pixel accuracy on val (the evaluate stage's first mode), every
-                `eval_every` epochs and after the last."""
-                if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
-                    return {}
-                model.eval()
-                _, scores, _ = evaluate_split(model, pre_dir / "val", tuple(cfg.preprocess.crop_size), ["center_crop"],
-                                              cfg.evaluate.tile_overlap, cfg.evaluate.batch_size, device)
-                return {"val_mean_iou": scores["center_crop"]["mean_iou"],
-                        "val_pixel_accuracy": scores["center_crop"]["pixel_accuracy"]}
-
-            result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint,
-                              state=state, run_id=run.info.run_id if run else "",
-                              on_epoch=on_epoch if run else None, ctx=ctx, validate=validate)
-            history = result.history
-            metrics = {"final_epoch_loss": history[-1]["loss"],
-                       "train_pixel_accuracy": history[-1]["train_pixel_accuracy"],
-                       "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-                       "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
-                       "train_images": len(dataset)}
-            if not ctx.is_main:
-                return {"rank": ctx.rank, "outputs": "written by rank 0"}
-            # the rest were logged per epoch (a second, step-less value would break their series)
-            tracking.log_metrics({k: v for k, v in metrics.items()
-                                  if k not in ("images_per_s", "train_pixel_accuracy")})
-            save_torch(out["model"], {k: v.cpu() for k, v in result.model.state_dict().items()}, "the trained weights")
-            write_text(out["history"], "epoch,loss,train_pixel_accuracy,images_per_s\n" + "".join(
-                f"{h['epoch']},{h['loss']:.6f},{h['train_pixel_accuracy']:.6f},{h['images_per_s']:.3f}\n"
-                for h in history))
-            plots.write_validation(out["validation"], history)
-            write_json(out["train_metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
-            plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [out["history"], out["validation"]])
-    return metrics
+    MLflow and writes outputs and checkpoints (tasks/kit.py)."""
+    return kit.train(TRAIN, params)
 
 
 def load_model(params: Params, device: torch.device) -> torch.nn.Module:
@@ -269,16 +251,12 @@ def register(params: Params) -> dict[str, Any]:
     from tasks.segmentation.serving import FcnSegmenter
 
     cfg = params.segmentation
-    out = _outputs(params)
-    metrics = read_json(out["metrics"])
-    config = params.path(cfg.register.out_dir) / "serving.json"
-    write_json(config, {"num_classes": len(VOC_CLASSES), "tile": list(cfg.preprocess.crop_size),
-                        "overlap": cfg.evaluate.tile_overlap, "classes": list(VOC_CLASSES)})
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
                                outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))]))
     example = load_split(params.path(cfg.preprocess.out_dir) / "val").image(0)[None, :64, :96].copy()
-    return tracking.log_and_register(PIPELINE, params, cfg.register, out["run"], metrics, FcnSegmenter(),
-                                     {"weights": str(out["model"]), "config": str(config)}, signature, example)
+    return kit.register(params, PIPELINE, FcnSegmenter(), signature, example,
+                        serving={"num_classes": len(VOC_CLASSES), "tile": list(cfg.preprocess.crop_size),
+                                 "overlap": cfg.evaluate.tile_overlap, "classes": list(VOC_CLASSES)})
 
 
 STAGES = {"acquire": acquire, "preprocess": preprocess, "train": train, "evaluate": evaluate, "register": register}

@@ -13,13 +13,12 @@ import mlflow
 import torch
 
 from models.skipgram import SkipGram
-from tasks import distributed, plots, tracking
+from tasks import kit, tracking
 from tasks.acquire import Staging
 from tasks.acquire import acquire as acquire_data
-from tasks.atomic import read_json, write_json, write_text
+from tasks.atomic import write_json
 from tasks.errors import DataError
 from tasks.params import Params
-from tasks.runtime import code_hash, fingerprint, hash_tree, save_torch, seed_everything
 from tasks.synthetic.ptb import write_synthetic_ptb
 from tasks.word2vec import evaluate as ev
 from tasks.word2vec import preprocess as pp
@@ -78,66 +77,60 @@ def preprocess(params: Params) -> dict[str, Any]:
 
 
 def _train_outputs(params: Params) -> dict[str, Path]:
-    out = params.path(params.word2vec.train.out_dir)
-    return {"model": out / "model.pt", "history": out / "history.csv", "metrics": out / "metrics.json",
-            "run": out / "run.json", "validation": out / "validation.csv"}
+    return kit.train_outputs(params, PIPELINE)
+
+
+def _prepare(job: kit.TrainJob) -> dict[str, Any]:
+    pre_dir = job.params.path(job.cfg.preprocess.out_dir)
+    vocab = pp.load_vocab(pre_dir)
+    return {"vocab": vocab, "samples": pp.load_samples(pre_dir / "train"),
+            "corpus": pp.load_corpus(pre_dir / "train_corpus"), "valid": pp.load_samples(pre_dir / "valid")}
+
+
+def _fit(job: kit.TrainJob) -> tr.TrainResult:
+    cfg, data = job.cfg, job.data
+
+    def validate(model: torch.nn.Module, epoch: int) -> dict:
+        return {"val_loss": ev.heldout_loss(model, data["valid"])}  # the evaluate stage's heldout_loss, per epoch
+    return tr.train(data["samples"], data["corpus"], data["vocab"].counts, len(data["vocab"]), cfg.train,
+                    cfg.preprocess, job.params.seed, job.device, job.checkpoint, job.fingerprint, state=job.state,
+                    run_id=job.run_id, on_epoch=job.on_epoch, ctx=job.ctx, validate=validate)
+
+
+def _summary(job: kit.TrainJob, result: tr.TrainResult) -> dict[str, Any]:
+    history = result.history
+    return {
+        "final_epoch_loss": history[-1]["loss"],
+        "mean_epoch_loss": sum(h["loss"] for h in history) / len(history),
+        "center_words_per_s": sum(h["center_words_per_s"] for h in history) / len(history),
+        "epochs": len(history),
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
+
+
+TRAIN = kit.TrainSpec(
+    pipeline=PIPELINE,
+    data_dir=lambda params: params.path(params.word2vec.data.dir),
+    fingerprint_config=lambda params: (params.word2vec.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
+                                       params.word2vec.preprocess.model_dump(exclude={"out_dir"})),
+    code=(tr, SkipGram),
+    prepare=_prepare,
+    fit=_fit,
+    summary=_summary,
+    epoch_metrics=lambda record: {"train_loss": record["loss"], "val_loss": record.get("val_loss"),
+                                  "center_words_per_s": record["center_words_per_s"],
+                                  "epoch_seconds": record["seconds"]},
+    logged_per_epoch=("center_words_per_s",),
+    history={"epoch": "", "loss": ".6f", "center_words_per_s": ".1f", "seconds": ".3f"},
+)
 
 
 def train(params: Params) -> dict[str, Any]:
     """Train (resuming from the last checkpoint of the same inputs and params), then write the model,
     the per-epoch history (DVC plot) and the train metrics. With `distributed.*` asking for several
-    processes it runs under torchrun; rank 0 alone logs to MLflow and writes outputs and checkpoints."""
-    outputs = _train_outputs(params)
-    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
-    if (summary := distributed.launch(params, PIPELINE, "train", outputs["metrics"])) is not None:
-        return summary
-    cfg = params.word2vec
-    pre_dir = params.path(cfg.preprocess.out_dir)
-    vocab = pp.load_vocab(pre_dir)
-    samples, corpus = pp.load_samples(pre_dir / "train"), pp.load_corpus(pre_dir / "train_corpus")
-    valid = pp.load_samples(pre_dir / "valid")
-
-    def validate(model: torch.nn.Module, epoch: int) -> dict:
-        return {"val_loss": ev.heldout_loss(model, valid)}  # the evaluate stage's heldout_loss, per epoch
-    with distributed.process_group(params) as ctx:
-        device = ctx.device
-        seed_everything(params.seed)
-        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
-                                      cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                      ctx.world_size, hash_tree(pre_dir), code_hash(tr, SkipGram))
-        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
-        with distributed.main_only(ctx, tracking.training_run(
-                PIPELINE, params, str(device), outputs["run"], params.path(cfg.data.dir),
-                resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
-            def on_epoch(record: dict) -> None:
-                tracking.log_metrics({"train_loss": record["loss"], "val_loss": record.get("val_loss"),
-                                      "center_words_per_s": record["center_words_per_s"],
-                                      "epoch_seconds": record["seconds"]}, step=record["epoch"])
-
-            result = tr.train(samples, corpus, vocab.counts, len(vocab), cfg.train, cfg.preprocess, params.seed,
-                              device, checkpoint, run_fingerprint, state=state,
-                              run_id=run.info.run_id if run else "", on_epoch=on_epoch if run else None, ctx=ctx,
-                              validate=validate)
-            history = result.history
-            metrics = {
-                "final_epoch_loss": history[-1]["loss"],
-                "mean_epoch_loss": sum(h["loss"] for h in history) / len(history),
-                "center_words_per_s": sum(h["center_words_per_s"] for h in history) / len(history),
-                "epochs": len(history),
-                "resumed_from_epoch": result.resumed_from_epoch,
-            }
-            if not ctx.is_main:
-                return {"rank": ctx.rank, "outputs": "written by rank 0"}
-            tracking.log_metrics({k: v for k, v in metrics.items() if k != "center_words_per_s"})
-            save_torch(outputs["model"], {k: v.cpu() for k, v in result.model.state_dict().items()},
-                       "the trained weights")
-            write_text(outputs["history"], "epoch,loss,center_words_per_s,seconds\n" + "".join(
-                f"{h['epoch']},{h['loss']:.6f},{h['center_words_per_s']:.1f},{h['seconds']:.3f}\n" for h in history))
-            plots.write_validation(outputs["validation"], history)
-            write_json(outputs["metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
-            plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [outputs["history"], outputs["validation"]])
-    return metrics
+    processes it runs under torchrun; rank 0 alone logs to MLflow and writes outputs and checkpoints
+    (tasks/kit.py)."""
+    return kit.train(TRAIN, params)
 
 
 def _load_model(params: Params, vocab_size: int) -> torch.nn.Module:
@@ -181,16 +174,12 @@ def register(params: Params) -> dict[str, Any]:
 
     from tasks.word2vec.serving import INPUT_COLUMN, Word2vecEmbeddings
 
-    cfg = params.word2vec
-    metrics = read_json(params.path(cfg.evaluate.out_dir) / "metrics.json")
-    pre_dir = params.path(cfg.preprocess.out_dir)
+    pre_dir = params.path(params.word2vec.preprocess.out_dir)
     vocab = pp.load_vocab(pre_dir)
     example = pd.DataFrame({INPUT_COLUMN: vocab.idx_to_token[1:4]})
     weights = _load_model(params, len(vocab)).embed_v.weight.detach().numpy()
-    return tracking.log_and_register(
-        PIPELINE, params, cfg.register, _train_outputs(params)["run"], metrics, Word2vecEmbeddings(),
-        {"weights": str(_train_outputs(params)["model"]), "vocab": str(pre_dir / "vocab.json")},
-        infer_signature(example, weights[1:4]), example)
+    return kit.register(params, PIPELINE, Word2vecEmbeddings(), infer_signature(example, weights[1:4]), example,
+                        [("vocab", pre_dir / "vocab.json")])
 
 
 STAGES = {"acquire": acquire, "preprocess": preprocess, "train": train, "evaluate": evaluate, "register": register}

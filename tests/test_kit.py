@@ -1,0 +1,75 @@
+"""The pipeline kit (tasks/kit.py): every pipeline's train stage is a `TrainSpec` the kit runs, and the
+kit's own pieces (history file, epoch loop with checkpoint and resume) behave as documented."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from tasks import kit
+from tasks.params import Params
+
+
+@pytest.mark.parametrize("pipeline", ["word2vec", "segmentation", "detection"])
+def test_the_train_stage_is_a_spec_the_kit_runs(pipeline: str) -> None:
+    stages = importlib.import_module(f"tasks.{pipeline}.stages")
+    assert isinstance(stages.TRAIN, kit.TrainSpec)
+    assert stages.TRAIN.pipeline == pipeline
+    assert stages.STAGES["train"] is stages.train
+    outputs = kit.train_outputs(Params(), pipeline)
+    assert {path.name for path in outputs.values()} == {"model.pt", "history.csv", "metrics.json", "run.json",
+                                                        "validation.csv"}
+
+
+def test_history_csv_formats_each_column_as_declared() -> None:
+    history = [{"epoch": 1, "loss": 0.5, "rate": 1234.56, "seconds": 2.0},
+               {"epoch": 2, "loss": 0.25, "rate": 99.0, "seconds": 1.5}]
+    text = kit.history_csv(history, {"epoch": "", "loss": ".6f", "rate": ".1f", "seconds": ".3f"})
+    assert text == "epoch,loss,rate,seconds\n1,0.500000,1234.6,2.000\n2,0.250000,99.0,1.500\n"
+
+
+def _loop(tmp_path, epochs: int, state: dict | None = None, seen: list | None = None) -> kit.FitResult:
+    import torch
+
+    from tasks import distributed
+    from tasks.runtime import load_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.arange(24.0).reshape(8, 3) / 24
+    y = torch.tensor([0, 1] * 4)
+    checkpoint = tmp_path / "last.pt"
+    job = kit.TrainJob("demo", Params(), None, distributed.Context(torch.device("cpu")), checkpoint, "fp",
+                       load_checkpoint(checkpoint, "fp") if state == "resume" else None,
+                       on_epoch=seen.append if seen is not None else None)
+
+    def train_epoch(epoch: int) -> dict:
+        order = torch.randperm(8, generator=torch.Generator().manual_seed(epoch))
+        loss = torch.nn.functional.cross_entropy(model(x[order]), y[order])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.detach()), "examples": 8}
+
+    return kit.epoch_loop(job, model, optimizer, epochs, train_epoch,
+                          validate=lambda m, epoch: {"val_loss": float(torch.rand(()))})
+
+
+def test_epoch_loop_checkpoints_every_epoch_and_a_resumed_run_ends_with_the_same_weights(tmp_path) -> None:
+    import torch
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = _loop(tmp_path / "a", 3)
+    _loop(tmp_path / "b", 2)  # interrupted after epoch 2: its checkpoint stays
+    records: list = []
+    resumed = _loop(tmp_path / "b", 3, state="resume", seen=records)
+    assert resumed.resumed_from_epoch == 2 and [r["epoch"] for r in records] == [3]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key])
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 3 and saved["fingerprint"] == "fp"
