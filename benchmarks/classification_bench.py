@@ -54,7 +54,7 @@ def throughput(pre_dir: Path, variant: str, epochs: int, batch_size: int, lr: fl
         train_iter, _ = book_lenet.load_data_fashion_mnist(str(Path(scratch) / "book"), batch_size)
         torch.manual_seed(0)
         book = book_lenet.train_ch6(build_lenet(variant), train_iter, epochs, lr, CPU)
-    rate = lambda history: sum(h["images_per_s"] for h in history) / len(history)  # noqa: E731
+    rate = lambda history: sum(h.get("examples_per_s", h.get("images_per_s")) for h in history) / len(history)  # noqa: E731
     return {"variant": variant, "epochs": epochs, "batch_size": batch_size,
             "d2lflow_images_per_s": rate(ours), "book_images_per_s": rate(book),
             "speedup": rate(ours) / rate(book),

@@ -158,11 +158,12 @@ class FitResult:
 
 def epoch_loop(job: TrainJob, model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
                train_epoch: Callable[[int], dict], validate: Callable[[nn.Module, int], dict] | None = None,
-               unit: str = "examples/s") -> FitResult:
+               unit: str = "examples/s", show: tuple[str, ...] = ()) -> FitResult:
     """The train loop a pipeline gets from the kit: resume from `job.state`, then for each epoch
     `train_epoch(epoch)` (0-based; returns {"loss": ..., "examples": n, ...}, summed over ranks by the
-    caller), `validate(model, epoch)` under an isolated random stream, the progress line, the checkpoint
-    (rank 0) and `job.on_epoch`. The history records carry "epoch", "loss", "examples_per_s", "seconds"."""
+    caller), `validate(model, epoch)` under an isolated random stream, the progress line (with the record's
+    `show` keys), the checkpoint (rank 0) and `job.on_epoch`. The history records carry "epoch", "loss",
+    "examples_per_s", "seconds" and what `train_epoch` and `validate` returned."""
     result = FitResult(model)
     if job.state is not None:
         result.history, result.resumed_from_epoch = restore(job.state, model=model, optimizer=optimizer)
@@ -181,7 +182,8 @@ def epoch_loop(job: TrainJob, model: nn.Module, optimizer: torch.optim.Optimizer
                 model.eval()
                 record.update(validate(model, epoch + 1))
         result.history.append(record)
-        progress.epoch(epoch + 1, record["loss"], record["examples_per_s"], unit)
+        progress.epoch(epoch + 1, record["loss"], record["examples_per_s"], unit,
+                       **{key: record[key] for key in show if key in record})
         if ctx.is_main:
             save_checkpoint(job.checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
                                              "optimizer": optimizer.state_dict(), "history": result.history,

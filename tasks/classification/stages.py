@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from models.lenet import build_lenet
-from tasks import distributed, plots, tracking
+from tasks import kit, tracking
 from tasks.acquire import Staging
-from tasks.atomic import atomic_path, read_json, write_json, write_text
+from tasks.atomic import atomic_path, write_json, write_text
 from tasks.classification import train as tr
 from tasks.classification.data import FashionMnist, load_split
 from tasks.classification.data import preprocess as preprocess_idx
@@ -24,7 +24,7 @@ from tasks.classification.metrics import classification_scores
 from tasks.classification.source import stage as stage_data
 from tasks.metrics import chance_warning, confusion_matrix
 from tasks.params import Params
-from tasks.runtime import code_hash, figure_png, fingerprint, hash_tree, save_torch, seed_everything, select_device
+from tasks.runtime import figure_png, select_device
 from tasks.synthetic.fashion_mnist import write_synthetic_fashion_mnist
 
 log = logging.getLogger(__name__)
@@ -70,68 +70,61 @@ def _outputs(params: Params) -> dict[str, Path]:
             "misclassified": eval_dir / "misclassified.png"}
 
 
-def train(params: Params) -> dict[str, Any]:
-    """Train LeNet (resuming from a matching checkpoint); write weights, history and train metrics.
-    With `distributed.*` asking for several processes it runs under torchrun; rank 0 alone logs to
-    MLflow and writes outputs and checkpoints."""
-    out = _outputs(params)
-    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
-    if (summary := distributed.launch(params, PIPELINE, "train", out["train_metrics"])) is not None:
-        return summary
-    cfg = params.classification
-    pre_dir = params.path(cfg.preprocess.out_dir)
-    with distributed.process_group(params) as ctx:
-        device = ctx.device
-        seed_everything(params.seed)
-        dataset = FashionMnist(pre_dir, "train")
-        val_loader = tr.eval_loader(FashionMnist(pre_dir, "val"), cfg.train.eval_batch_size)
-        run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
-                                                                    "eval_batch_size"}),
-                                      cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                      ctx.world_size, hash_tree(pre_dir), code_hash(tr, build_lenet))
-        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
-        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
-        model = build_lenet(cfg.train.variant, NUM_CLASSES)
-        with distributed.main_only(ctx, tracking.training_run(
-                PIPELINE, params, str(device), out["run"], params.path(cfg.data.dir),
-                resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
+def _prepare(job: kit.TrainJob) -> dict[str, Any]:
+    pre_dir = job.params.path(job.cfg.preprocess.out_dir)
+    return {"dataset": FashionMnist(pre_dir, "train"),
+            "val": tr.eval_loader(FashionMnist(pre_dir, "val"), job.cfg.train.eval_batch_size),
+            "model": build_lenet(job.cfg.train.variant, NUM_CLASSES)}
 
-            def on_epoch(record: dict) -> None:
-                tracking.log_metrics({"train_loss": record["loss"], "train_accuracy": record["train_accuracy"],
-                                      "images_per_s": record["images_per_s"], "epoch_seconds": record["seconds"],
-                                      **{k: v for k, v in record.items() if k.startswith("val_")}},
-                                     step=record["epoch"])
 
-            def validate(model: torch.nn.Module, epoch: int) -> dict:
-                """Validation loss and accuracy after every epoch (empty val split: none)."""
-                if len(val_loader.dataset) == 0:
-                    return {}
-                scores = tr.eval_epoch(model, val_loader, device)
-                return {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+def _fit(job: kit.TrainJob) -> kit.FitResult:
+    val_loader = job.data["val"]
 
-            result = tr.train(model, dataset, cfg.train, params.seed, device, checkpoint, run_fingerprint,
-                              state=state, run_id=run.info.run_id if run else "",
-                              on_epoch=on_epoch if run else None, ctx=ctx, validate=validate)
-            history = result.history
-            metrics = {"final_epoch_loss": history[-1]["loss"], "train_accuracy": history[-1]["train_accuracy"],
-                       "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-                       "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
-                       "train_images": len(dataset)}
-            if "val_accuracy" in history[-1]:
-                metrics["val_accuracy"] = history[-1]["val_accuracy"]
-            if not ctx.is_main:
-                return {"rank": ctx.rank, "outputs": "written by rank 0"}
-            # the rest were logged per epoch (a second, step-less value would break their series)
-            tracking.log_metrics({k: v for k, v in metrics.items()
-                                  if k not in ("images_per_s", "train_accuracy", "val_accuracy")})
-            save_torch(out["model"], {k: v.cpu() for k, v in result.model.state_dict().items()}, "the trained weights")
-            write_text(out["history"], "epoch,loss,train_accuracy,images_per_s,seconds\n" + "".join(
-                f"{h['epoch']},{h['loss']:.6f},{h['train_accuracy']:.6f},{h['images_per_s']:.1f},{h['seconds']:.3f}\n"
-                for h in history))
-            plots.write_validation(out["validation"], history)
-            write_json(out["train_metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
-            plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [out["history"], out["validation"]])
+    def validate(model: torch.nn.Module, epoch: int) -> dict:
+        """Validation loss and accuracy after every epoch (empty val split: none)."""
+        if len(val_loader.dataset) == 0:
+            return {}
+        scores = tr.eval_epoch(model, val_loader, job.device)
+        return {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+    return tr.train(job.data["model"], job.data["dataset"], job.cfg.train, job.params.seed, job.device,
+                    job.checkpoint, job.fingerprint, state=job.state, run_id=job.run_id, on_epoch=job.on_epoch,
+                    ctx=job.ctx, validate=validate)
+
+
+def _summary(job: kit.TrainJob, result: kit.FitResult) -> dict[str, Any]:
+    history = result.history
+    metrics = {"final_epoch_loss": history[-1]["loss"], "train_accuracy": history[-1]["train_accuracy"],
+               "images_per_s": sum(h["examples_per_s"] for h in history) / len(history),
+               "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
+               "train_images": len(job.data["dataset"])}
+    if "val_accuracy" in history[-1]:
+        metrics["val_accuracy"] = history[-1]["val_accuracy"]
     return metrics
+
+
+TRAIN = kit.TrainSpec(
+    pipeline=PIPELINE,
+    data_dir=lambda params: params.path(params.classification.data.dir),
+    fingerprint_config=lambda params: (
+        params.classification.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
+                                                        "eval_batch_size"}),
+        params.classification.preprocess.model_dump(exclude={"out_dir"})),
+    code=(tr, build_lenet),
+    prepare=_prepare,
+    fit=_fit,
+    summary=_summary,
+    epoch_metrics=lambda record: {"train_loss": record["loss"], "train_accuracy": record["train_accuracy"],
+                                  "images_per_s": record["examples_per_s"], "epoch_seconds": record["seconds"],
+                                  **{k: v for k, v in record.items() if k.startswith("val_")}},
+    logged_per_epoch=("images_per_s", "train_accuracy", "val_accuracy"),
+    history={"epoch": "", "loss": ".6f", "train_accuracy": ".6f", "examples_per_s": ".1f", "seconds": ".3f"},
+)
+
+
+def train(params: Params) -> dict[str, Any]:
+    """Train LeNet through the kit (tasks/kit.py: resume from a matching checkpoint, DDP under torchrun,
+    the MLflow run, weights, history and train metrics written by rank 0)."""
+    return kit.train(TRAIN, params)
 
 
 def load_model(params: Params, device: torch.device) -> torch.nn.Module:
@@ -247,17 +240,13 @@ def register(params: Params) -> dict[str, Any]:
     from tasks.classification.serving import LenetClassifier
 
     cfg = params.classification
-    out = _outputs(params)
-    metrics = read_json(out["metrics"])
-    config = params.path(cfg.register.out_dir) / "serving.json"
-    write_json(config, {"variant": cfg.train.variant, "classes": list(CLASS_NAMES)})
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28))]),
         outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,), "class"),
                         TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), "probabilities")]))
     example = load_split(params.path(cfg.preprocess.out_dir), "test")[0][:2].copy()
-    return tracking.log_and_register(PIPELINE, params, cfg.register, out["run"], metrics, LenetClassifier(),
-                                     {"weights": str(out["model"]), "config": str(config)}, signature, example)
+    return kit.register(params, PIPELINE, LenetClassifier(), signature, example,
+                        serving={"variant": cfg.train.variant, "classes": list(CLASS_NAMES)})
 
 
 STAGES = {"acquire": acquire, "preprocess": preprocess, "train": train, "evaluate": evaluate, "register": register}

@@ -1,5 +1,5 @@
 """LeNet training (d2l 7.6): cross-entropy averaged over each batch, plain SGD, a checkpoint every epoch
-and resume. `train_epoch` and `eval_epoch` are the per-epoch functions; `train` is the loop around them.
+and resume. `train_epoch` and `eval_epoch` are the per-epoch functions; `train` runs them in the kit's loop.
 
 Each epoch's shuffle is seeded by (seed, epoch), so a resumed run replays exactly the batches the
 interrupted one would have seen. Under DDP (tasks/distributed.py) every rank draws the same shuffled
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,21 +21,12 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tasks import distributed
+from tasks import distributed, kit
 from tasks.classification.data import keep_batch
 from tasks.errors import D2lflowError
 from tasks.params import ClassificationTrainParams
-from tasks.progress import EpochProgress
-from tasks.runtime import isolated_rng, restore, save_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    model: nn.Module
-    history: list[dict] = field(default_factory=list)
-    resumed_from_epoch: int = 0
 
 
 def epoch_loader(dataset: Dataset, cfg: ClassificationTrainParams, seed: int, epoch: int,
@@ -107,33 +97,20 @@ def eval_loader(dataset: Dataset, batch_size: int) -> DataLoader:
 def train(model: nn.Module, dataset: Dataset, cfg: ClassificationTrainParams, seed: int, device: torch.device,
           checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
           on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None,
-          validate: Callable[[nn.Module, int], dict] | None = None) -> TrainResult:
-    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given;
-    `validate(model, epoch)` adds held-out scores to each epoch's record (run on forked RNG state)."""
+          validate: Callable[[nn.Module, int], dict] | None = None) -> kit.FitResult:
+    """Train for `cfg.epochs` through the kit's loop (`kit.epoch_loop`: resume from `state`, a checkpoint
+    for the same fingerprint, a checkpoint every epoch, `validate(model, epoch)` on forked RNG state)."""
     ctx = ctx or distributed.Context(device)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    result = TrainResult(model)
-    if state is not None:
-        result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer)
-        log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     forward = distributed.wrap(model, ctx)
-    lines = EpochProgress("classification_train", cfg.epochs, result.resumed_from_epoch, enabled=ctx.local_rank == 0)
-    for epoch in range(result.resumed_from_epoch, cfg.epochs):
+
+    def one_epoch(epoch: int) -> dict:
         scores = train_epoch(model, epoch_loader(dataset, cfg, seed, epoch, ctx), optimizer, device, ctx, forward,
                              epoch + 1, progress=True)
-        record = {"epoch": epoch + 1, "loss": scores["loss"], "train_accuracy": scores["accuracy"],
-                  "images_per_s": scores["images_per_s"], "seconds": scores["seconds"]}
-        if validate is not None:
-            with isolated_rng(device):  # validating must not change what training draws next
-                record.update(validate(model, epoch + 1))
-        result.history.append(record)
-        extra = {k: record[k] for k in ("train_accuracy", "val_accuracy") if k in record}
-        lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s", **extra)
-        if ctx.is_main:
-            save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "history": result.history,
-                                         "fingerprint": run_fingerprint, "run_id": run_id})
-        if on_epoch is not None:
-            on_epoch(record)
-    return result
+        return {"loss": scores["loss"], "train_accuracy": scores["accuracy"], "examples": scores["images"]}
+
+    job = kit.TrainJob("classification", None, cfg, ctx, checkpoint, run_fingerprint, state, run_id=run_id,
+                       on_epoch=on_epoch)
+    return kit.epoch_loop(job, model, optimizer, cfg.epochs, one_epoch, validate, unit="images/s",
+                          show=("train_accuracy", "val_accuracy"))
