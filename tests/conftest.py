@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +25,22 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path_factory.mktemp("env")
+    isolate(monkeypatch, tmp_path_factory.mktemp("env"))
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    # The client's tracking and registry URIs are process-wide: a test that set them (to its own store)
+    # must not leave the next test reading another store's registry.
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def isolate(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """The environment every test runs in: no MLflow/Prefect/DVC settings from outside, its own Prefect
+    home and download cache under `home`. Module-scoped fixtures (set up before the per-test fixture) use it
+    through `pytest.MonkeyPatch.context()`."""
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_", "DVC_"))]:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DO_NOT_TRACK", "true")
@@ -35,15 +51,6 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     monkeypatch.setenv("D2LFLOW_CACHE", str(home / "cache"))
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    yield
-    import mlflow
-
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    # The client's tracking and registry URIs are process-wide: a test that set them (to its own store)
-    # must not leave the next test reading another store's registry.
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
 
 
 def git(root: Path, *args: str) -> str:
@@ -76,6 +83,51 @@ def run(root: Path, *command: str, timeout: float = 900) -> subprocess.Completed
     done = subprocess.run(list(command), cwd=root, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done
+
+
+class Snapshot:
+    """A directory saved once (say, a repository copy after an expensive `dvc repro`) and put back, at
+    the same absolute path, for each test that uses it, so every such test starts from identical files
+    without reproducing them. The same path because a SQLite MLflow store records absolute artifact
+    locations: a copy elsewhere would read and write the original's artifacts. SQLite files (`*.db`) are
+    put back into the existing file through SQLite's backup API, not replaced: MLflow keeps one engine per
+    store URI in this process, whose open connection would go on reading a deleted file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.saved = root.with_name(f"{root.name}.saved")
+        shutil.copytree(root, self.saved, symlinks=True)
+        self.databases = sorted(path.relative_to(self.saved) for path in self.saved.rglob("*.db") if path.is_file())
+
+    def restore(self) -> Path:
+        kept = {self.root / name for name in self.databases if (self.root / name).is_file()}
+        _remove_all_but(self.root, kept)
+        shutil.copytree(self.saved, self.root, symlinks=True, dirs_exist_ok=True,
+                        ignore=lambda folder, names: [n for n in names if Path(folder, n) in
+                                                      {self.saved / k.relative_to(self.root) for k in kept}])
+        for target in kept:
+            source = sqlite3.connect(self.saved / target.relative_to(self.root))
+            destination = sqlite3.connect(target)
+            try:
+                source.backup(destination)
+            finally:
+                source.close()
+                destination.close()
+        return self.root
+
+
+def _remove_all_but(folder: Path, kept: set[Path]) -> None:
+    """Delete everything under `folder` except the files in `kept` (and the folders holding them)."""
+    for entry in folder.iterdir():
+        if entry in kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if any(path.is_relative_to(entry) for path in kept):
+                _remove_all_but(entry, kept)
+            else:
+                shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from tasks import lineage
 from tasks.detection.ap import Detections, GroundTruth, voc_ap
 from tasks.detection.data import DetectionDataset
 from tasks.detection.train import LOSSES
+from tasks.params import load_params
 from tasks.voc import VOC_CLASSES
-from tests.conftest import BIN, copy_repo, git, run
+from tests.conftest import BIN, REPO, copy_repo, git, run
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,11 @@ def test_prefect_flow_trains_a_detector_that_finds_the_objects_and_registers_it(
 
     from flows.pipeline import pipeline_flow
 
-    root = copy_repo(tmp_path / "repo")
+    # Validation only after the last epoch (not every 4): it runs under a forked RNG, so the trained weights and
+    # every figure below are the same (test_validating_during_training_does_not_change_the_trained_weights);
+    # validation every N epochs has its own test (test_e2e_ui). Saves three passes over the val images.
+    epochs = load_params(REPO / "params.yaml").detection.train.epochs
+    root = copy_repo(tmp_path / "repo", [f"detection.train.eval_every={epochs}"])
     with prefect_test_harness(server_startup_timeout=120):
         summary = pipeline_flow("detection", str(root))
 

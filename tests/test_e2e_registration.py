@@ -27,7 +27,8 @@ D2LFLOW = str(BIN / "d2lflow")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository copy whose word2vec chain ran up to evaluate (the register stage not yet)."""
-    root = copy_repo(tmp_path_factory.mktemp("registration") / "repo", ["word2vec.train.epochs=1"])
+    root = copy_repo(tmp_path_factory.mktemp("registration") / "repo",
+                     ["word2vec.data.synthetic.sentences=3000", "word2vec.train.epochs=1"])
     # Module-scoped: set up before conftest's per-test isolation, so this environment is its own.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "DVC_"))},
            "D2LFLOW_CACHE": str(root.parent / "cache"), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from tasks.params import load_params
 from tasks.segmentation.data import load_split
-from tests.conftest import BIN, copy_repo, run
+from tests.conftest import BIN, REPO, copy_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,11 @@ def test_prefect_flow_trains_an_fcn_that_beats_all_background_and_registers_it(t
 
     from flows.pipeline import pipeline_flow
 
-    root = copy_repo(tmp_path / "repo")
+    # Validation only after the last epoch (not after each of 20): it runs under a forked RNG and in eval mode,
+    # so the trained weights and every figure below are the same; validation every N epochs has its own test
+    # (test_e2e_ui). Saves 19 passes over the val images.
+    epochs = load_params(REPO / "params.yaml").segmentation.train.epochs
+    root = copy_repo(tmp_path / "repo", [f"segmentation.train.eval_every={epochs}"])
     with prefect_test_harness(server_startup_timeout=120):
         summary = pipeline_flow("segmentation", str(root))
 

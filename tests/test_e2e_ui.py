@@ -21,7 +21,7 @@ D2LFLOW = str(BIN / "d2lflow")
 
 
 def test_a_word2vec_run_has_validation_curves_figures_and_its_models_name(tmp_path: Path) -> None:
-    root = copy_repo(tmp_path / "repo", ["word2vec.train.epochs=3"])
+    root = copy_repo(tmp_path / "repo", ["word2vec.data.synthetic.sentences=3000", "word2vec.train.epochs=3"])
     run(root, D2LFLOW, "acquire")
     run(root, DVC, "repro", "word2vec_register")
     registered = json.loads((root / "artifacts/word2vec/register/registered.json").read_text())

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from tasks import lineage
 from tasks.params import load_params
 from tasks.synthetic.ptb import planted_groups
-from tests.conftest import BIN, copy_repo, git, run
+from tests.conftest import BIN, Snapshot, copy_repo, git, isolate, run
 
 pytestmark = pytest.mark.slow
 DVC = str(BIN / "dvc")
@@ -38,11 +38,22 @@ def read(root: Path, relative: str) -> dict:
     return json.loads((root / relative).read_text())
 
 
-def test_dvc_repro_trains_evaluates_and_registers_with_lineage(repo_copy: Path) -> None:
-    root = repo_copy
-    run(root, D2LFLOW, "acquire")
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    """A repository copy after `d2lflow acquire` and `dvc repro word2vec_register` on the default params,
+    saved once: each test that starts from it gets these files back (one reproduction, not one per test)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:  # set up before conftest's per-test isolation
+        isolate(monkeypatch, tmp_path_factory.mktemp("env"))
+        root = copy_repo(tmp_path_factory.mktemp("reproduced") / "repo")
+        run(root, D2LFLOW, "acquire")
+        run(root, DVC, "repro", "word2vec_register")
+        return Snapshot(root)
+
+
+def test_dvc_repro_trains_evaluates_and_registers_with_lineage(reproduced: Snapshot, tmp_path: Path) -> None:
+    root = reproduced.restore()
+    # acquire wrote data/ and repro only reads it: an unchanged data.dvc now means acquire's data matched it
     assert git(root, "status", "--porcelain", "data.dvc") == "", "synthetic data must match the committed data.dvc"
-    run(root, DVC, "repro", "word2vec_register")
 
     metrics = read(root, "artifacts/word2vec/evaluate/metrics.json")
     train = read(root, "artifacts/word2vec/train/metrics.json")
@@ -91,14 +102,12 @@ def test_dvc_repro_trains_evaluates_and_registers_with_lineage(repo_copy: Path) 
     shown = json.loads(run(root, DVC, "metrics", "show", "--json").stdout)
     assert json.dumps(shown).count("heldout_loss") >= 1
     run(root, DVC, "params", "diff")
-    run(root, DVC, "plots", "show", "artifacts/word2vec/train/history.csv", "--out", str(root / "plots"))
-    assert (root / "plots" / "index.html").is_file()
+    run(root, DVC, "plots", "show", "artifacts/word2vec/train/history.csv", "--out", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").is_file()
 
 
-def test_dvc_exp_run_with_a_changed_param_registers_a_new_version(repo_copy: Path) -> None:
-    root = repo_copy
-    run(root, D2LFLOW, "acquire")
-    run(root, DVC, "repro", "word2vec_register")
+def test_dvc_exp_run_with_a_changed_param_registers_a_new_version(reproduced: Snapshot) -> None:
+    root = reproduced.restore()
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "baseline reproduction")
     run(root, DVC, "exp", "run", "word2vec_register", "-n", "fast-lr", "-S", "word2vec.train.lr=0.02")

@@ -185,7 +185,7 @@ def test_a_cached_pipeline_still_fails_fast_on_a_dead_tracking_server(tmp_path: 
 
     from tests.conftest import copy_repo, run
 
-    root = copy_repo(tmp_path / "repo", ["word2vec.train.epochs=1"])
+    root = copy_repo(tmp_path / "repo", ["word2vec.data.synthetic.sentences=3000", "word2vec.train.epochs=1"])
     run(root, sys.executable, "-m", "flows.cli", "run", "word2vec", "--no-prefect")
     # every stage cached (register always runs: it checks the configured registry)
     assert "up to date" in run(root, sys.executable, "-m", "dvc", "status", "word2vec_evaluate").stdout
