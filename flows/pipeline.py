@@ -89,46 +89,60 @@ def run_stages(repo: Path, pipeline: str) -> None:
 def run_link(pipeline: str, root: Path, run_id: str) -> tuple[str, str | None]:
     """The run's page in MLflow and, for a store that is no server, the `mlflow ui` command serving it
     there (tasks.progress); the experiment comes from the train stage's run.json."""
-    from tasks import tracking
+    from tasks import kit, tracking
 
     params = load_params(root / "params.yaml")
     uri = tracking.tracking_uri(params)
-    run_file = params.path(getattr(params, pipeline).train.out_dir) / "run.json"
-    recorded = read_json(run_file) if run_file.is_file() else {}
-    if recorded.get("run_id") == run_id:
-        experiment = recorded["experiment_id"]
-    else:  # the register stage started its own run (the store lacked the train stage's), or no run.json
-        from mlflow import MlflowClient
+    for model in kit.trained_models(params, pipeline):
+        run_file = model.train_dir / "run.json"
+        recorded = read_json(run_file) if run_file.is_file() else {}
+        if recorded.get("run_id") == run_id:
+            return run_url(uri, recorded["experiment_id"], run_id), ui_command(uri)
+    # the register stage started its own run (the store lacked the train stage's), or no run.json
+    from mlflow import MlflowClient
 
-        experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
     return run_url(uri, experiment, run_id), ui_command(uri)
 
 
+def _registration_lines(label: str, registered: dict[str, Any], outcome: dict[str, Any]) -> list[str]:
+    name = f"**{label}**: " if label else ""
+    if outcome["status"] == "unchanged":
+        return [f"{name}Nothing was registered: version {registered['version']} (MLflow run "
+                f"`{registered['run_id']}`) holds these weights in {outcome['registry']}."]
+    return [f"{name}Primary metric `{registered['primary_metric']}` = {registered['primary_metric_value']} "
+            f"(previous champion: {registered['previous_champion_value']}); MLflow run `{registered['run_id']}`."]
+
+
 def summary_markdown(pipeline: str, root: Path, overrides: list[str] | None = None) -> tuple[str, dict[str, Any]]:
-    """A markdown summary: evaluation and train metrics, what this run's register stage did
+    """A markdown summary: evaluation and train metrics, what this run's register stage did for each model
     (outcome.json: registered a version, completed an interrupted one, or found it unchanged), the
-    MLflow run and the `-S` overrides the run was started with."""
+    MLflow runs and the `-S` overrides the run was started with. `registered`/`registration` are the
+    (first) model's; `models` lists every model's (generative registers two)."""
+    from tasks import kit
+
     params = load_params(root / "params.yaml")
     section = getattr(params, pipeline)
     metrics = read_json(params.path(section.evaluate.out_dir) / "metrics.json")
-    train_metrics = read_json(params.path(section.train.out_dir) / "metrics.json")
-    registered = read_json(params.path(section.register.out_dir) / "registered.json")
-    outcome = read_json(params.path(section.register.out_dir) / "outcome.json")
+    models, train_metrics, details, links = [], {}, [], []
+    for model in kit.trained_models(params, pipeline):
+        out = params.path(model.register.out_dir)
+        registered, outcome = read_json(out / "registered.json"), read_json(out / "outcome.json")
+        models.append({"model": model.register.model_name, "registered": registered, "registration": outcome})
+        prefix = f"{model.label}_" if model.label else ""
+        train_metrics.update({prefix + k: v for k, v in read_json(model.train_dir / "metrics.json").items()})
+        details += _registration_lines(model.label, registered, outcome) + [""]
+        links += [(f"{model.label}: " if model.label else "") + _markdown_link(
+            *run_link(pipeline, root, registered["run_id"])), ""]
     rows = [f"| {key} | {value} |" for key, value in sorted({**train_metrics, **metrics}.items())]
-    headline = f"# {pipeline}: {outcome['message']}"
-    if outcome["status"] == "unchanged":
-        detail = (f"Nothing was registered: version {registered['version']} (MLflow run `{registered['run_id']}`) "
-                  f"holds these weights in {outcome['registry']}.")
-    else:
-        detail = (f"Primary metric `{registered['primary_metric']}` = {registered['primary_metric_value']} (previous "
-                  f"champion: {registered['previous_champion_value']}); MLflow run `{registered['run_id']}`.")
+    headline = f"# {pipeline}: " + "; ".join(m["registration"]["message"] for m in models)
     text = "\n".join([
-        headline, "", detail, "",
-        _markdown_link(*run_link(pipeline, root, registered["run_id"])), "",
+        headline, "", *details, *links,
         "Overrides (`-S`): " + (", ".join(f"`{item}`" for item in overrides) if overrides else "none"), "",
         "| metric | value |", "|---|---|", *rows,
     ])
-    return text, {"metrics": metrics, "train": train_metrics, "registered": registered, "registration": outcome}
+    return text, {"metrics": metrics, "train": train_metrics, "registered": models[0]["registered"],
+                  "registration": models[0]["registration"], "models": models}
 
 
 def _markdown_link(url: str, command: str | None) -> str:
@@ -157,8 +171,10 @@ def log_report(pipeline: str, root: Path, text: str, summary: dict[str, Any],
     logger.info("%s", text.splitlines()[0].lstrip("# ").replace("`", ""))
     logger.info("metrics: %s", ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                                          for key, value in sorted(summary["metrics"].items())))
-    url, command = run_link(pipeline, root, summary["registered"]["run_id"])
-    logger.info("MLflow run: %s%s", url, f" (once `{command}` runs)" if command else "")
+    for model in summary["models"]:
+        url, command = run_link(pipeline, root, model["registered"]["run_id"])
+        label = f" ({model['model']})" if len(summary["models"]) > 1 else ""
+        logger.info("MLflow run%s: %s%s", label, url, f" (once `{command}` runs)" if command else "")
     if hint := commit_hint(root):
         logger.info("%s", hint)
 

@@ -79,7 +79,13 @@ def parse_spec(text: str) -> Spec:
 
 def model_name(name: str, params: Params) -> str:
     """A pipeline name stands for its registered model (`segmentation` → `fcn-voc`)."""
-    return getattr(params, name).register.model_name if name in PIPELINES else name
+    if name not in PIPELINES:
+        return name
+    names = [register.model_name for register in tracking.register_sections(params, name)]
+    if len(names) > 1:
+        raise D2lflowError(f"pipeline {name} registers {len(names)} models ({', '.join(names)}); name one, e.g. "
+                           f"{names[0]}@champion")
+    return names[0]
 
 
 def resolve_run(text: str, params: Params) -> Run:

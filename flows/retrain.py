@@ -61,10 +61,13 @@ def push_task(root: str) -> str:
     return outcome
 
 
-def _registration(repo: Path, pipeline: str) -> dict[str, Any] | None:
+def _registration(repo: Path, pipeline: str) -> list[dict[str, Any] | None]:
+    """Each model's registered.json (None where there is none yet)."""
+    from tasks.kit import trained_models
+
     params = load_params(repo / "params.yaml")
-    path = params.path(getattr(params, pipeline).register.out_dir) / "registered.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    paths = [params.path(model.register.out_dir) / "registered.json" for model in trained_models(params, pipeline)]
+    return [json.loads(path.read_text()) if path.is_file() else None for path in paths]
 
 
 def retrain_markdown(data: str, pushed: str, pipelines: dict[str, dict[str, Any]]) -> str:
@@ -72,14 +75,17 @@ def retrain_markdown(data: str, pushed: str, pipelines: dict[str, dict[str, Any]
     (metrics table, model version and alias) with whether this run registered it."""
     lines = ["# Retraining", "", f"- data: {data}", f"- DVC: {pushed}", ""]
     for name, result in pipelines.items():
-        registered = result["summary"]["registered"]
-        if result["registered_now"]:
-            lines.append(f"**{name}**: this run registered version {registered['version']} as "
-                         f"`{registered['alias']}`.")
-        else:
-            lines.append(f"**{name}**: data, params and code are unchanged since the last run (every DVC stage "
-                         f"was up to date); no new version, the last one is {registered['version']} "
-                         f"(`{registered['alias']}` when registered).")
+        models = result["summary"].get("models") or [{"model": name, "registered": result["summary"]["registered"]}]
+        for model, now in zip(models, result.get("registered_models") or [result["registered_now"]] * len(models)):
+            registered = model["registered"]
+            label = name if len(models) == 1 else f"{name} ({model['model']})"
+            if now:
+                lines.append(f"**{label}**: this run registered version {registered['version']} as "
+                             f"`{registered['alias']}`.")
+            else:
+                lines.append(f"**{label}**: data, params and code are unchanged since the last run (every DVC "
+                             f"stage was up to date); no new version, the last one is {registered['version']} "
+                             f"(`{registered['alias']}` when registered).")
         lines += ["", "#" + result["markdown"], ""]
     return "\n".join(lines)
 
@@ -107,8 +113,9 @@ def retrain_flow(pipelines: list[Pipeline] | None = None, root: str = ".",
         for name in chosen:
             run_stages(repo, name)
             markdown, summary = summary_markdown(name, repo)
-            registered_now = summary["registered"] != before[name]
-            results[name] = {"registered_now": registered_now, "summary": summary, "markdown": markdown}
+            now = [model["registered"] != previous for model, previous in zip(summary["models"], before[name])]
+            results[name] = {"registered_now": any(now), "registered_models": now, "summary": summary,
+                             "markdown": markdown}
             logger.info("%s: %s", name, markdown.splitlines()[0].lstrip("# "))
         pushed = push_task(str(repo))
     text = retrain_markdown(data_outcome, pushed, results)

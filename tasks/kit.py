@@ -65,6 +65,28 @@ def train_outputs(params: Params, pipeline: str) -> dict[str, Path]:
             "run": out / "run.json", "validation": out / "validation.csv"}
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """One model a pipeline trains and registers: its label ("" when the pipeline has one), the train
+    section's output folder and its register section."""
+
+    label: str
+    train_dir: Path
+    register: Any  # RegisterParams
+
+
+def trained_models(params: Params, pipeline: str) -> list[TrainedModel]:
+    """The models of `pipeline`: `train` + `register` for most; a pipeline with several (generative) has
+    `register.<name>` sections, each trained by its `train_<name>` section."""
+    cfg = section(params, pipeline)
+    registers = tracking.register_sections(params, pipeline)
+    if len(registers) == 1 and hasattr(cfg, "train"):
+        return [TrainedModel("", params.path(cfg.train.out_dir), registers[0])]
+    names = list(type(cfg.register).model_fields)
+    return [TrainedModel(name, params.path(getattr(cfg, f"train_{name}").out_dir), register)
+            for name, register in zip(names, registers)]
+
+
 @dataclass
 class TrainJob:
     """What the kit hands a pipeline's `prepare`, `fit` and `summary` functions."""

@@ -173,6 +173,15 @@ def test_both_models_beat_the_gaussian_baseline_and_register_as_loadable_sampler
     assert np.array_equal(first, dcgan.predict({"n": np.array([4]), "seed": np.array([0])})["samples"])
     assert not np.array_equal(first, dcgan.predict({"n": np.array([4]), "seed": np.array([1])})["samples"])
 
+    # what `d2lflow run generative` prints at the end: both models' registrations and runs
+    from flows.pipeline import summary_markdown
+
+    text, summary = summary_markdown("generative", root)
+    assert [m["model"] for m in summary["models"]] == ["vae-fashion-mnist", "dcgan-fashion-mnist"]
+    assert [m["registered"]["version"] for m in summary["models"]] == [1, 1]
+    assert "**vae**: Primary metric `fid_lenet`" in text and "**dcgan**: Primary metric `fid_lenet`" in text
+    assert "vae_final_epoch_loss" in summary["train"] or any(k.startswith("dcgan_") for k in summary["train"])
+
 
 @pytest.mark.slow
 def test_killed_dcgan_training_resumes_with_exactly_the_uninterrupted_weights(tmp_path: Path) -> None:
