@@ -40,8 +40,11 @@ def _serving_class(pipeline: str):
     if pipeline == "detection":
         from tasks.detection.serving import FasterRcnnDetector
         return FasterRcnnDetector, ("weights", "config")
+    if pipeline == "style":
+        from tasks.style.serving import StyleTransformer
+        return StyleTransformer, ("weights", "config")
     raise D2lflowError(f"the model version's tag {TAG}pipeline is {pipeline!r}; this d2lflow loads "
-                       "word2vec, segmentation and detection models")
+                       "word2vec, segmentation, detection and style models")
 
 
 @dataclass
