@@ -38,9 +38,18 @@ def build_trunk(features: str, seed: int) -> nn.Sequential:
         return vgg19_trunk(vgg.features)
     if features != "random":
         raise ValueError(f"features must be 'random' or 'imagenet', found {features!r}")
+    from torchvision.models.vgg import cfgs, make_layers
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return vgg19_trunk(torchvision.models.vgg19(weights=None).features)
+        # torchvision's VGG-19 `features` with VGG's own conv init, without building (and initialising) the
+        # 120M-parameter classifier that the trunk never uses
+        features = make_layers(cfgs["E"], batch_norm=False)
+        for module in features.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        return vgg19_trunk(features)
 
 
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
