@@ -140,7 +140,7 @@ def train(params: Params) -> dict[str, Any]:
         started = time.perf_counter()
 
         def on_step(step: int, record: dict[str, float]) -> None:
-            tracking.log_metrics({f"feedforward_{k}": record[k] for k in LOSSES}, step=step)
+            tracking.log_metrics({f"feedforward_train_{k}": record[k] for k in LOSSES}, step=step)
 
         ff_history = st.train_transform_net(net, trunk, st.to_tensor(images["train"]).to(device), style, ff,
                                             cfg.weights, params.seed, on_step=on_step)
