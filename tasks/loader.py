@@ -46,8 +46,11 @@ def _serving_class(pipeline: str):
     if pipeline == "generative":
         from tasks.generative.serving import GenerativeSampler
         return GenerativeSampler, ("weights", "config")
+    if pipeline == "style":
+        from tasks.style.serving import StyleTransformer
+        return StyleTransformer, ("weights", "config")
     raise D2lflowError(f"the model version's tag {TAG}pipeline is {pipeline!r}; this d2lflow loads "
-                       "word2vec, segmentation, detection, classification and generative models")
+                       "word2vec, segmentation, detection, classification, style and generative models")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from tasks.atomic import write_text
 from tasks.errors import ParamsError
 
 DEFAULT_PARAMS = Path("params.yaml")
-Pipeline = Literal["word2vec", "segmentation", "detection", "classification", "generative"]
+Pipeline = Literal["word2vec", "segmentation", "detection", "classification", "style", "generative"]
 
 
 class Section(BaseModel):
@@ -375,6 +375,104 @@ class GenerativeParams(Section):
     register: GenerativeRegisterParams = GenerativeRegisterParams()
 
 
+class StyleBookImageParams(Section):
+    """One of the book's images in its published `img/` folder (source d2l)."""
+
+    name: str
+    sha1: str
+
+
+class SyntheticStyleParams(Section):
+    image_size: tuple[int, int] = (300, 450)  # (height, width) of the synthetic content and style images
+    seed: int = 0
+
+
+class StyleContentSetParams(Section):
+    """The content images the feed-forward style network trains on (and is evaluated on, held out)."""
+
+    source: Literal["local", "synthetic"] = "synthetic"
+    # a folder or a tar/zip of JPEG/PNG images; a VOC tree (a folder holding JPEGImages/) gives its JPEGImages
+    local_path: str | None = None
+    images: int = Field(12, ge=2)  # synthetic images (source synthetic)
+    image_size: tuple[int, int] = (160, 224)  # (height, width) of the synthetic images
+    seed: int = 0
+
+
+class StyleDataParams(Section):
+    source: Literal["d2l", "local", "synthetic"] = "synthetic"
+    base_url: str = "https://raw.githubusercontent.com/d2l-ai/d2l-en/master/img/"  # the book's img/ folder
+    content: StyleBookImageParams = StyleBookImageParams(name="rainier.jpg",
+                                                         sha1="b0193ffd8ecea1631ac1092130017b884faafa30")
+    style: StyleBookImageParams = StyleBookImageParams(name="autumn-oak.jpg",
+                                                       sha1="bbe11f01403b9726bbc625589550e574fc45980a")
+    content_path: str | None = None  # source local: an image file
+    style_path: str | None = None  # source local: an image file
+    synthetic: SyntheticStyleParams = SyntheticStyleParams()
+    content_set: StyleContentSetParams = StyleContentSetParams()
+    dir: str = "data/style"
+
+
+class StylePreprocessParams(Section):
+    image_shape: tuple[int, int] = (300, 450)  # (height, width) the book resizes both images to
+    content_set_shape: tuple[int, int] = (128, 192)  # (height, width) of the feed-forward network's images
+    heldout_images: int = Field(2, ge=1)  # the last N content-set images (sorted names), never trained on
+    out_dir: str = "artifacts/style/preprocess"
+
+    @field_validator("image_shape", "content_set_shape")
+    @classmethod
+    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(side < 16 for side in value):
+            raise ValueError("both sides must be at least 16 pixels (VGG-19 pools four times before layer 28)")
+        return value
+
+
+class StyleLossWeights(Section):
+    content: float = Field(1.0, ge=0)
+    style: float = Field(1e4, ge=0)
+    tv: float = Field(10.0, ge=0)
+
+
+class StyleFeedForwardParams(Section):
+    """Johnson et al. (2016): a TransformNet trained on the content set with the same perceptual loss."""
+
+    base: int = Field(32, ge=1)  # widths base, 2·base, 4·base (the paper: 32)
+    n_residual: int = Field(5, ge=0)  # residual blocks (the paper: 5)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    log_every: int = Field(10, ge=1)  # steps between logged losses (and after the last)
+
+
+class StyleTrainParams(Section):
+    features: Literal["random", "imagenet"] = "random"  # imagenet: torchvision's vgg19-dcbb9e9d.pth
+    lr: float = Field(0.3, gt=0)
+    epochs: int = Field(500, ge=1)
+    lr_decay_epoch: int = Field(50, ge=1)  # StepLR step
+    lr_decay: float = Field(0.8, gt=0, le=1)  # StepLR gamma
+    weights: StyleLossWeights = StyleLossWeights()
+    log_image_every: int = Field(50, ge=1)  # the evolving image to MLflow every N epochs (and the last)
+    feedforward: StyleFeedForwardParams = StyleFeedForwardParams()
+    out_dir: str = "artifacts/style/train"
+
+
+class StyleEvaluateParams(Section):
+    optimise_epochs: int = Field(100, ge=1)  # per-image optimisation of each held-out image (the comparison)
+    out_dir: str = "artifacts/style/evaluate"
+
+
+class StyleParams(Section):
+    data: StyleDataParams = StyleDataParams()
+    preprocess: StylePreprocessParams = StylePreprocessParams()
+    train: StyleTrainParams = StyleTrainParams()
+    evaluate: StyleEvaluateParams = StyleEvaluateParams()
+    register: RegisterParams = RegisterParams(
+        model_name="style-{style}",  # {style}: the style image's name (autumn-oak, synthetic, a local file's stem)
+        primary_metric="feedforward_total_loss",
+        greater_is_better=False,
+        out_dir="artifacts/style/register",
+    )
+
+
 # d2lflow new: the sections of new pipelines go above this line
 
 
@@ -446,6 +544,7 @@ class Params(Section):
     segmentation: SegmentationParams = SegmentationParams()
     detection: DetectionParams = DetectionParams()
     classification: ClassificationParams = ClassificationParams()
+    style: StyleParams = StyleParams()
     generative: GenerativeParams = GenerativeParams()
     # d2lflow new: the fields of new pipelines go above this line
     reproduce: ReproduceParams = ReproduceParams()

@@ -187,7 +187,8 @@ def test_acquire_all_changes_nothing_unless_every_pipeline_succeeded(tmp_path: P
                                         r"have no Annotations/<id>.xml"):
         acquire_all(params)
     assert snapshot(root / "data") == before  # the new, valid PTB was not swapped in either
-    assert sorted(p.name for p in (root / "data").iterdir()) == ["VOCdevkit", "fashion-mnist", "ptb", "word2vec_eval"]
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["VOCdevkit", "fashion-mnist", "ptb", "style",
+                                                                  "word2vec_eval"]
 
 
 # ----------------------------------------------------------------------------- killed runs, DVC

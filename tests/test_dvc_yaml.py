@@ -23,7 +23,7 @@ def test_dvc_accepts_the_dag_and_every_pipeline_has_its_four_stages() -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     listed = done.stdout.split()
-    for pipeline in ("word2vec", "segmentation", "detection", "classification"):
+    for pipeline in ("word2vec", "segmentation", "detection", "classification", "style"):
         assert [s for s in listed if s.startswith(f"{pipeline}_")] == [
             f"{pipeline}_{stage}" for stage in ("preprocess", "train", "evaluate", "register")]
     # generative reads classification's preprocess output (no preprocess of its own) and trains two models
@@ -127,6 +127,6 @@ def test_every_stage_depends_on_all_the_project_code_it_runs(stage: str) -> None
     code = stage_code(pipeline, step)
     missing = sorted(f for f in code if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
     assert missing == [], f"{stage}: add to its deps in dvc.yaml: {missing}"
-    pipelines = ("word2vec", "segmentation", "detection", "classification", "generative")
+    pipelines = ("word2vec", "segmentation", "detection", "classification", "style", "generative")
     others = [d for d in deps if any(d.startswith(f"tasks/{p}/") for p in pipelines if p != pipeline)]
     assert others == [], f"{stage} depends on another pipeline's code: {others}"
