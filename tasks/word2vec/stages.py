@@ -23,6 +23,7 @@ from tasks.runtime import code_hash, fingerprint, hash_tree, save_torch, seed_ev
 from tasks.synthetic.ptb import write_synthetic_ptb
 from tasks.word2vec import evaluate as ev
 from tasks.word2vec import preprocess as pp
+from tasks.word2vec import row_adam
 from tasks.word2vec import train as tr
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def train(params: Params) -> dict[str, Any]:
         seed_everything(params.seed)
         run_fingerprint = fingerprint(cfg.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
                                       cfg.preprocess.model_dump(exclude={"out_dir"}), params.seed, device.type,
-                                      ctx.world_size, hash_tree(pre_dir), code_hash(tr, SkipGram))
+                                      ctx.world_size, hash_tree(pre_dir), code_hash(tr, row_adam, SkipGram))
         checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
         state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
         with distributed.main_only(ctx, tracking.training_run(
