@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -348,7 +349,8 @@ def main() -> None:
     }
     report = {
         "dataset": dataset, "data_dir": str(args.data_dir), "crop": list(args.crop), "batch_size": args.batch_size,
-        "train_steps": args.train_steps, "seed": args.seed, "machine": machine(), "anchors_real_voc": ANCHORS,
+        "train_steps": args.train_steps, "seed": args.seed, "machine": machine(),
+        "load_average_at_end": os.getloadavg(), "anchors_real_voc": ANCHORS,
         "summary": summary, "book": book, "ours_preprocess": pre, "ours": ours, "larger_store": large,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
