@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -84,6 +85,12 @@ def normalised_epoch(loader) -> tuple[int, float]:
     return images, time.perf_counter() - start
 
 
+def cpu_rate(workers: int, images: int, cpu_seconds: float) -> dict:
+    """Images per CPU second of this process (0 workers only: then all the loading is this process's
+    work). Less sensitive than wall time to other load on a shared machine."""
+    return {"images_per_cpu_s": images / cpu_seconds} if workers == 0 and cpu_seconds > 0 else {}
+
+
 def children_peak_rss_bytes() -> int:
     """The largest peak RSS of this process's finished children (DataLoader workers)."""
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -119,10 +126,12 @@ def side_book(args: argparse.Namespace) -> dict:
     for workers in WORKERS:
         loader = torch.utils.data.DataLoader(dataset, args.batch_size, shuffle=True, drop_last=True,
                                              num_workers=workers)
+        cpu = time.process_time()
         epochs = [loader_epoch(loader) for _ in range(args.loader_epochs)]
+        cpu = (time.process_time() - cpu) / len(epochs)
         n, sec = epochs[0][0], float(np.median([s for _, s in epochs]))
         per_workers[str(workers)] = {"images": n, "epoch_seconds": [s for _, s in epochs], "seconds": sec,
-                                     "images_per_s": n / sec}
+                                     "images_per_s": n / sec, **cpu_rate(workers, n, cpu)}
     held = sum(f.numel() * f.element_size() for f in dataset.features)
     held += sum(lab.numel() * lab.element_size() for lab in dataset.labels)
     held += dataset.colormap2label.numel() * dataset.colormap2label.element_size()
@@ -175,11 +184,14 @@ def side_ours(args: argparse.Namespace) -> dict:
     for workers in WORKERS:
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                             collate_fn=collate_crops)
+        cpu = time.process_time()
         epochs = [loader_epoch(loader) for _ in range(args.loader_epochs)]
+        cpu = (time.process_time() - cpu) / len(epochs)
         n, sec = epochs[0][0], float(np.median([s for _, s in epochs]))
         nn_, nsec = normalised_epoch(loader)
         per_workers[str(workers)] = {"images": n, "epoch_seconds": [s for _, s in epochs], "seconds": sec,
-                                     "images_per_s": n / sec, "normalised_on_cpu_images_per_s": nn_ / nsec}
+                                     "images_per_s": n / sec, "normalised_on_cpu_images_per_s": nn_ / nsec,
+                                     **cpu_rate(workers, n, cpu)}
     data_peak = peak_rss_bytes()
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0, collate_fn=collate_crops)
 
@@ -326,6 +338,10 @@ def main() -> None:
                 "speedup_uint8": ours_w[w]["images_per_s"] / book_w[w]["images_per_s"],
                 "speedup_normalised_on_cpu": ours_w[w]["normalised_on_cpu_images_per_s"] / book_w[w]["images_per_s"]}
             for w in book_w},
+        "loader_images_per_cpu_s_0_workers": {
+            "book": book_w["0"].get("images_per_cpu_s"), "ours_uint8": ours_w["0"].get("images_per_cpu_s"),
+            "speedup_uint8": (ours_w["0"]["images_per_cpu_s"] / book_w["0"]["images_per_cpu_s"]
+                              if "images_per_cpu_s" in ours_w["0"] and "images_per_cpu_s" in book_w["0"] else None)},
         "ours_workers_peak_rss_gib": ours["workers_peak_rss_bytes"] / GIB,
         "larger_store": large["summary"] if large else None,
         "training_images_per_s_cpu": ours["training"]["images_per_s_excluding_first_step"],
@@ -333,7 +349,8 @@ def main() -> None:
     }
     report = {
         "dataset": dataset, "data_dir": str(args.data_dir), "crop": list(args.crop), "batch_size": args.batch_size,
-        "train_steps": args.train_steps, "seed": args.seed, "machine": machine(), "anchors_real_voc": ANCHORS,
+        "train_steps": args.train_steps, "seed": args.seed, "machine": machine(),
+        "load_average_at_end": os.getloadavg(), "anchors_real_voc": ANCHORS,
         "summary": summary, "book": book, "ours_preprocess": pre, "ours": ours, "larger_store": large,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@
 Writes benchmarks/results/word2vec.json. For every seed, every side trains from scratch with the
 book's hyperparameters (embed 100, batch 512, window 5, 5 noise words, lr 0.002, 5 epochs; gensim:
 sg=1, negative=5, window=5, sample=1e-4, min_count=10, its own learning-rate schedule) and is
-scored the same way: center words/s and s per epoch (wall time of each epoch, batching included),
+scored the same way: center words/s and s per epoch (wall time of each epoch, batching included;
+also the process's CPU seconds per epoch, less sensitive to other load on a shared machine),
 mean training loss over the epochs, held-out loss on d2lflow's validation draw (ptb.valid.txt, the
 same examples for every side of a seed; the book's and gensim's tables are mapped onto d2lflow's
 vocabulary by word), WordSim-353 and SimLex-999 Spearman rho, Google analogy accuracy (gensim's test
@@ -45,6 +46,7 @@ from tasks.synthetic.ptb import write_synthetic_ptb  # noqa: E402
 from tasks.word2vec import evaluate as ev  # noqa: E402
 from tasks.word2vec import preprocess as pp  # noqa: E402
 from tasks.word2vec import train as tr  # noqa: E402
+from tasks.word2vec.row_adam import sgns_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # About PTB's size: ~880k train tokens, a vocabulary of ~6.5k words after min_freq 10.
@@ -104,11 +106,14 @@ def side_d2lflow(task: Task, seed: int, epochs: int, optimizer: str) -> dict:
     _, samples = pp.make_samples(task.corpus, task.vocab.counts, task.pre_cfg, pp.split_rng(seed, "train"))
     preprocess = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
+        cpu = time.process_time()
         result = tr.train(samples, task.corpus, task.vocab.counts, len(task.vocab), cfg, task.pre_cfg, seed,
                           torch.device("cpu"), Path(tmp) / "ckpt.pt", "bench")
+        cpu = time.process_time() - cpu
     history = result.history
     return {
         "optimizer": optimizer, "preprocess_seconds_train_split_in_memory": preprocess,
+        "cpu_seconds_per_epoch": cpu / epochs,
         "center_words": len(samples), "center_context_pairs": int(len(samples.contexts)),
         "epoch_losses": [h["loss"] for h in history], "epoch_seconds": [h["seconds"] for h in history],
         "center_words_per_s_epochs": [h["center_words_per_s"] for h in history],
@@ -121,10 +126,13 @@ def side_book(task: Task, seed: int, epochs: int) -> dict:
     torch.manual_seed(seed)
     data_iter, vocab, stats = book.load_data_ptb(task.data_dir, 512, 5, 5)
     net = book.make_net(len(vocab), 100)
+    cpu = time.process_time()
     result = book.train(net, data_iter, 0.002, epochs, torch.device("cpu"))
+    cpu = time.process_time() - cpu
     tables = (net[0].weight.detach().numpy(), net[1].weight.detach().numpy())
     return {
         "preprocess_seconds": stats["seconds"], "center_words": stats["num_centers"],
+        "cpu_seconds_per_epoch": cpu / epochs,
         "center_context_pairs": stats["num_pairs"],
         "epoch_losses": result["epoch_losses"], "epoch_seconds": result["epoch_seconds"],
         "center_words_per_s_epochs": result["center_words_per_s"],
@@ -153,11 +161,14 @@ def side_gensim(task: Task, seed: int, epochs: int, workers: int) -> dict:
                      workers=workers)
     model.build_vocab(sentences)
     clock = Clock()
+    cpu = time.process_time()  # the whole process: gensim's worker threads included
     trained, _ = model.train(sentences, total_examples=model.corpus_count, epochs=epochs, callbacks=[clock])
+    cpu = time.process_time() - cpu
     per_epoch = trained / epochs  # words kept after gensim's downsampling: its center words
     tables = (model.wv.vectors, model.syn1neg)
     return {
         "workers": workers, "center_words": int(per_epoch), "epoch_seconds": clock.seconds,
+        "cpu_seconds_per_epoch": cpu / epochs,
         "center_words_per_s_epochs": [per_epoch / s for s in clock.seconds],
         "epoch_losses": None,  # gensim's running loss is not the per-example mean BCE the others report
         **task.score(task.aligned(tables, model.wv.key_to_index), seed),
@@ -166,7 +177,7 @@ def side_gensim(task: Task, seed: int, epochs: int, workers: int) -> dict:
 
 def profile_steps(task: Task, optimizer: str, steps: int) -> dict:
     """torch.profiler over `steps` training steps (after 10 warm-up steps): the ops that take the time."""
-    from torch.profiler import profile
+    from torch.profiler import profile, record_function
 
     _, samples = pp.make_samples(task.corpus, task.vocab.counts, task.pre_cfg, pp.split_rng(0, "train"))
     entries = tr.flatten_examples(samples, np.arange(len(samples)))
@@ -174,15 +185,24 @@ def profile_steps(task: Task, optimizer: str, steps: int) -> dict:
     torch.manual_seed(0)
     model = SkipGram(len(task.vocab), cfg.embed_size)
     opt = tr.make_optimizer(model, cfg, torch.device("cpu"))
-    logits = model.pair_logits_sparse if optimizer == "sparse_adam" else model.pair_logits
     order = torch.from_numpy(tr.epoch_order(len(entries), 0, 0))
 
-    def step(i: int) -> None:
-        part = entries.select(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-        loss = tr.pair_loss(logits(part.centers, part.words), part)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step(i: int) -> None:  # the training loop's step (tasks/word2vec/train.py), in labelled phases
+        with record_function("phase: batch select"):
+            part = entries.select(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+        if optimizer == "sparse_adam":
+            with record_function("phase: loss and gradient"):
+                _, updates = sgns_step(model.embed_v.weight, model.embed_u.weight, part.offsets, part.centers,
+                                       part.words, part.labels, part.weights)
+            with record_function("phase: optimizer"):
+                opt.step_rows(updates)
+            return
+        with record_function("phase: loss and gradient"):
+            loss = tr.pair_loss(model.pair_logits(part.centers, part.words), part)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("phase: optimizer"):
+            opt.step()
 
     for i in range(10):
         step(i)
@@ -193,12 +213,13 @@ def profile_steps(task: Task, optimizer: str, steps: int) -> dict:
     wall = time.perf_counter() - start
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
-    step_name = f"Optimizer.step#{type(opt).__name__}.step"
-    optimizer_total = sum(e.cpu_time_total for e in events if e.key == step_name)
+    top = sorted((e for e in events if not e.key.startswith("phase: ")), key=lambda e: e.self_cpu_time_total,
+                 reverse=True)[:12]
+    phases = {e.key.removeprefix("phase: "): e.cpu_time_total / total for e in events if e.key.startswith("phase: ")}
     return {
         "steps": steps, "ms_per_step_profiled": 1000 * wall / steps,
-        "optimizer_step_share_of_self_cpu": optimizer_total / total if total else None,
+        "optimizer_step_share_of_self_cpu": phases.get("optimizer"),
+        "phase_share_of_self_cpu": phases,
         "top_ops_by_self_cpu": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count}
                                 for e in top],
     }
@@ -216,6 +237,7 @@ def summarise(runs: list[dict]) -> dict:
     return {
         "center_words_per_s": spread([float(np.median(r["center_words_per_s_epochs"])) for r in runs]),
         "seconds_per_epoch": spread([float(np.mean(r["epoch_seconds"])) for r in runs]),
+        "cpu_seconds_per_epoch": spread([r.get("cpu_seconds_per_epoch") for r in runs]),
         "mean_epoch_loss": spread([float(np.mean(r["epoch_losses"])) if r["epoch_losses"] else None for r in runs]),
         "heldout_loss": spread([r["heldout_loss"] for r in runs]),
         "wordsim353_spearman": spread([r["wordsim353_spearman"] for r in runs]),
@@ -247,6 +269,14 @@ def write_report(args: argparse.Namespace, corpus: str, book_epochs: int, runs: 
     if "book" in summary and "d2lflow_dense" in summary:
         summary["training_throughput_speedup_dense_over_book"] = (
             summary["d2lflow_dense"]["center_words_per_s"]["mean"] / summary["book"]["center_words_per_s"]["mean"])
+    ratios = {}  # >1: the first side is faster (ratios of mean seconds per epoch, wall clock and CPU time)
+    for fast, slow in (("d2lflow_sparse", "d2lflow_dense"), ("d2lflow_sparse", "gensim"), ("d2lflow_dense", "book"),
+                       ("d2lflow_sparse", "book")):
+        if fast in summary and slow in summary:
+            for key in ("seconds_per_epoch", "cpu_seconds_per_epoch"):
+                if summary[fast][key] and summary[slow][key]:
+                    ratios[f"{key}_{slow}_over_{fast}"] = summary[slow][key]["mean"] / summary[fast][key]["mean"]
+    summary["speed_ratios"] = ratios
     report = {
         "complete": complete, "corpus": corpus, "epochs": args.epochs, "book_epochs": book_epochs,
         "seeds": args.seeds, "gensim_workers": args.gensim_workers, "machine": machine(),

@@ -1,5 +1,6 @@
 """word2vec's `sparse_adam` optimiser option: trains, touches only a batch's rows, resumes exactly;
-the book's dense Adam stays the default."""
+the book's dense Adam stays the default. Its lazy Adam (RowAdam) is torch.optim.Adam on the touched
+rows, and its closed-form gradient (sgns_step) is autograd's of the book's loss."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tasks import distributed
 from tasks.errors import D2lflowError
 from tasks.params import Word2vecTrainParams, load_params
 from tasks.runtime import load_checkpoint
+from tasks.word2vec.row_adam import RowAdam, sgns_step, unique_rows
 from tasks.word2vec.train import flatten_examples, make_optimizer, pair_loss, train
 from tests.word2vec_fixtures import Preprocessed, random_samples
 
@@ -41,7 +43,7 @@ def test_the_default_optimiser_is_the_books_dense_adam():
     assert load_params(REPO / "params.yaml").word2vec.train.optimizer == "adam"
     model = SkipGram(10, 4)
     assert type(make_optimizer(model, Word2vecTrainParams(), CPU)) is torch.optim.Adam
-    assert type(make_optimizer(model, _cfg(), CPU)) is torch.optim.SparseAdam
+    assert type(make_optimizer(model, _cfg(), CPU)) is RowAdam
 
 
 def test_sparse_logits_equal_the_dense_ones_and_give_sparse_gradients_of_equal_value():
@@ -59,6 +61,79 @@ def test_sparse_logits_equal_the_dense_ones_and_give_sparse_gradients_of_equal_v
     for p, expected in zip(model.parameters(), dense_grads, strict=True):
         assert p.grad.is_sparse
         assert torch.allclose(p.grad.to_dense(), expected, atol=1e-6)
+
+
+def test_row_adam_on_the_touched_rows_equals_torch_adam_on_those_rows_alone():
+    """Steps that all touch the same rows: RowAdam's rows follow torch.optim.Adam (fused, the book's
+    default on a CPU) run on a parameter holding just those rows, bit for bit; the other rows keep
+    their weights and zero moments."""
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(40, 5))
+    rows = torch.tensor([1, 4, 5, 17, 39])
+    alone = torch.nn.Parameter(table.detach()[rows].clone())
+    lazy = RowAdam([table], lr=0.05)
+    reference = torch.optim.Adam([alone], lr=0.05, fused=True)
+    before = table.detach().clone()
+    for _ in range(6):
+        grad = torch.randn(len(rows), 5)
+        lazy.step_rows([(rows, grad)])
+        alone.grad = grad.clone()
+        reference.step()
+    assert torch.equal(table.detach()[rows], alone.detach())
+    assert not torch.equal(table.detach()[rows], before[rows])
+    others = torch.ones(40, dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(table.detach()[others], before[others])
+    moments = lazy.state[table]["moments"]
+    assert torch.equal(moments[0][rows], reference.state[alone]["exp_avg"])
+    assert torch.equal(moments[1][rows], reference.state[alone]["exp_avg_sq"])
+    assert not moments[:, others].any()
+    assert float(lazy.state[table]["step"]) == 6
+
+
+def test_row_adam_with_changing_rows_is_lazy_adam_as_torch_sparse_adam():
+    """Rows touched in some steps only: RowAdam agrees with torch.optim.SparseAdam (lazy Adam with the
+    global step; it adds eps after the bias correction of sqrt(v) as torch.optim.Adam does, hence
+    not bit for bit), through step() with sparse gradients and through step_rows."""
+    torch.manual_seed(1)
+    start = torch.randn(30, 4)
+    ours, theirs, rows_fed = (torch.nn.Parameter(start.clone()) for _ in range(3))
+    ours_opt, theirs_opt = RowAdam([ours], lr=0.01), torch.optim.SparseAdam([theirs], lr=0.01)
+    rows_opt = RowAdam([rows_fed], lr=0.01)
+    for step in range(8):
+        ids = torch.randint(0, 12 + 2 * step, (20,))  # duplicates; later steps reach new rows
+        upstream = torch.randn(20, 4)
+        for param, opt in ((ours, ours_opt), (theirs, theirs_opt)):
+            opt.zero_grad(set_to_none=True)
+            (torch.nn.functional.embedding(ids, param, sparse=True) * upstream).sum().backward()
+            opt.step()
+        distinct, rank = unique_rows(ids, 30)
+        rows_opt.step_rows([(distinct, torch.zeros(len(distinct), 4).index_add_(0, rank[ids], upstream))])
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert torch.allclose(rows_fed, ours, atol=1e-6)
+    never = torch.ones(30, dtype=torch.bool)
+    never[:26] = False
+    assert torch.equal(ours.detach()[never], start[never])
+
+
+def test_the_closed_form_gradient_is_autograds_gradient_of_the_books_loss():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    vocab_size = 25
+    samples = random_samples(rng, 12, vocab_size, k=3, max_ctx=4)
+    part = flatten_examples(samples, rng.permutation(len(samples)))
+    model = SkipGram(vocab_size, 7)
+    expected = pair_loss(model.pair_logits(part.centers, part.words), part)
+    expected.backward()
+    loss, updates = sgns_step(model.embed_v.weight, model.embed_u.weight, part.offsets, part.centers, part.words,
+                              part.labels, part.weights)
+    assert torch.allclose(loss, expected.detach(), atol=1e-5)
+    for param, (rows, grad), ids in zip(model.parameters(), updates, (part.centers, part.words), strict=True):
+        assert torch.equal(rows, torch.unique(ids))
+        assert torch.allclose(grad, param.grad[rows], atol=1e-6)
+        untouched = torch.ones(vocab_size, dtype=torch.bool)
+        untouched[rows] = False
+        assert not param.grad[untouched].any()
 
 
 def test_a_sparse_step_changes_only_the_rows_its_batch_touches():

@@ -297,6 +297,16 @@ def voc_crop(image: np.ndarray, label: np.ndarray, top: int, left: int, crop_h: 
     return image[window], label[window]
 
 
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; inside a DataLoader worker one created in shared memory (as
+    default_collate allocates its output: `share_memory_()` on a private tensor would allocate and
+    copy the batch twice, a third of a worker's time per batch)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
 class SegmentationDataset(Dataset):
     """(normalised image float32 3×h×w, label int64 h×w with 255 = void) crops of a preprocessed split;
     with normalise=False (training's loader) uint8 (h×w×3, h×w) crops for `device_batch` instead.
@@ -367,17 +377,14 @@ class SegmentationDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> CropBatch | list[tuple[torch.Tensor, torch.Tensor]]:
         """A DataLoader batch at once. uint8: each crop read straight into its slot of one batch
-        tensor (in shared memory inside a worker, as default_collate does); collate with
+        tensor (created in shared memory inside a worker, as default_collate does); collate with
         `collate_crops`. Float: the items, for default_collate."""
         if self.normalise:
             return [self[i] for i in indices]
         if self._reader is None:
             self._reader = CropReader(self.split)
-        images = torch.empty((len(indices), self.crop_h, self.crop_w, 3), dtype=torch.uint8)
-        labels = torch.empty((len(indices), self.crop_h, self.crop_w), dtype=torch.uint8)
-        if get_worker_info() is not None:
-            images.share_memory_()
-            labels.share_memory_()
+        images = _batch_tensor((len(indices), self.crop_h, self.crop_w, 3))
+        labels = _batch_tensor((len(indices), self.crop_h, self.crop_w))
         image_slots, label_slots = images.numpy(), labels.numpy()
         for slot, i in enumerate(indices):
             top, left = self.box(i)

@@ -22,6 +22,7 @@ from tasks.params import Params
 from tasks.synthetic.ptb import write_synthetic_ptb
 from tasks.word2vec import evaluate as ev
 from tasks.word2vec import preprocess as pp
+from tasks.word2vec import row_adam
 from tasks.word2vec import train as tr
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ TRAIN = kit.TrainSpec(
     data_dir=lambda params: params.path(params.word2vec.data.dir),
     fingerprint_config=lambda params: (params.word2vec.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
                                        params.word2vec.preprocess.model_dump(exclude={"out_dir"})),
-    code=(tr, SkipGram),
+    code=(tr, row_adam, SkipGram),
     prepare=_prepare,
     fit=_fit,
     summary=_summary,

@@ -32,6 +32,7 @@ from tasks.params import Word2vecPreprocessParams, Word2vecTrainParams
 from tasks.progress import EpochProgress
 from tasks.runtime import isolated_rng, save_checkpoint
 from tasks.word2vec.preprocess import Corpus, Samples, make_samples, split_rng
+from tasks.word2vec.row_adam import RowAdam, sgns_step
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,12 @@ def pair_loss(logits: torch.Tensor, part: Entries) -> torch.Tensor:
 
 
 def make_optimizer(model: SkipGram, cfg: Word2vecTrainParams, device: torch.device) -> torch.optim.Optimizer:
-    """The book's dense Adam (`adam`), or `sparse_adam`: torch.optim.SparseAdam on the sparse row
-    gradients of `SkipGram.pair_logits_sparse`. SparseAdam is lazy Adam: a row's moments and weights
-    change only in the steps whose batch touches it (bias correction by the global step).
-
-    On PTB's 6.7k-word tables it is slower on a CPU (benchmarks/word2vec_bench.py, README): the dense
-    fused Adam is ~11% of a step, the per-pair gathers, products and scatter-adds (the same in both)
-    the rest, and SparseAdam's step, coalescing included, costs more than that. It is meant for tables
-    large enough that a batch touches few of their rows."""
+    """The book's dense Adam (`adam`), or `sparse_adam`: lazy Adam on the rows a batch touches
+    (tasks/word2vec/row_adam.py: `RowAdam`, fed by `sgns_step`'s closed-form gradient). A row's
+    weights and moments change only in the steps whose batch touches it (bias correction by the
+    global step, as torch.optim.SparseAdam); the touched rows get torch.optim.Adam's fused update."""
     if cfg.optimizer == "sparse_adam":
-        return torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
+        return RowAdam(list(model.parameters()), lr=cfg.lr)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
 
 
@@ -164,10 +161,7 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         result.resumed_from_epoch = int(state["epoch"])
         log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     # DDP hooks the wrapped module's forward: the ragged form goes through PairLogits.forward.
-    if sparse:
-        pair_logits = model.pair_logits_sparse
-    else:
-        pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
+    pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
 
     entries = None
     epoch_lines = EpochProgress("word2vec_train", cfg.epochs, result.resumed_from_epoch,
@@ -188,10 +182,15 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         for first in progress:
             rows = order[first:first + cfg.batch_size]
             part = entries.select(rows[distributed.shard(len(rows), ctx)] if ctx.distributed else rows)
-            loss = pair_loss(pair_logits(part.centers, part.words), part)
-            optimizer.zero_grad(set_to_none=True)
-            distributed.global_sum(loss, ctx).backward()
-            optimizer.step()
+            if sparse:  # closed-form gradient, lazy Adam on the touched rows
+                loss, updates = sgns_step(model.embed_v.weight, model.embed_u.weight, part.offsets, part.centers,
+                                          part.words, part.labels, part.weights)
+                optimizer.step_rows(updates)
+            else:
+                loss = pair_loss(pair_logits(part.centers, part.words), part)
+                optimizer.zero_grad(set_to_none=True)
+                distributed.global_sum(loss, ctx).backward()
+                optimizer.step()
             loss_sum += loss.detach()
         examples = len(entries)
         loss_sum, = distributed.all_sum([float(loss_sum)], ctx)
