@@ -40,11 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 from torch import nn
 
 from tasks import distributed, plots, tracking
 from tasks.atomic import read_json, write_json, write_text
+from tasks.errors import D2lflowError, DataError
 from tasks.params import Params
 from tasks.progress import EpochProgress
 from tasks.runtime import code_hash, fingerprint, hash_tree, isolated_rng, restore, save_checkpoint, save_torch
@@ -58,9 +60,9 @@ def section(params: Params, pipeline: str) -> Any:
     return getattr(params, pipeline)
 
 
-def train_outputs(params: Params, pipeline: str) -> dict[str, Path]:
-    """The train stage's outputs in `<pipeline>.train.out_dir` (dvc.yaml declares the same files)."""
-    out = params.path(section(params, pipeline).train.out_dir)
+def train_outputs(params: Params, pipeline: str, stage: str = "train") -> dict[str, Path]:
+    """The train stage's outputs in `<pipeline>.<stage>.out_dir` (dvc.yaml declares the same files)."""
+    out = params.path(getattr(section(params, pipeline), stage).out_dir)
     return {"model": out / "model.pt", "history": out / "history.csv", "metrics": out / "metrics.json",
             "run": out / "run.json", "validation": out / "validation.csv"}
 
@@ -101,6 +103,7 @@ class TrainJob:
     data: Any = None  # what `prepare` returned (datasets, model, ...)
     run_id: str = ""  # the MLflow run (rank 0; "" on the other ranks)
     on_epoch: Callable[[dict], None] | None = None  # logs one history record to MLflow (rank 0), else None
+    stage: str = "train"  # the stage's name after the pipeline's (progress lines: generative_train_vae)
 
     @property
     def device(self) -> torch.device:
@@ -125,6 +128,10 @@ class TrainSpec:
     logged_per_epoch: tuple[str, ...] = ()  # summary keys already logged per epoch (not logged again)
     pre_dir: Callable[[Params], Path] | None = None  # hashed into the fingerprint (default preprocess.out_dir)
     skipped_samples: bool = False  # log `<pre_dir>/stats.json` (on_bad_sample: skip counts) to the run
+    stage: str = "train"  # the stage (`python -m tasks PIPELINE STAGE`) and its params section, e.g. train_vae
+    weights: Callable[[Any], dict[str, nn.Module]] | None = None  # files to write: {name: module} → name.pt
+    validation: bool = True  # write validation.csv (the epochs' val_* scores)
+    distributed: bool = True  # False: the fit is single-process; a world size above 1 is refused
 
 
 def history_csv(history: list[dict], columns: dict[str, str]) -> str:
@@ -134,24 +141,33 @@ def history_csv(history: list[dict], columns: dict[str, str]) -> str:
 
 def train(spec: TrainSpec, params: Params) -> dict[str, Any]:
     """Run a pipeline's train stage (see the module docstring); returns the train metrics on rank 0."""
-    out = train_outputs(params, spec.pipeline)
+    out = train_outputs(params, spec.pipeline, spec.stage)
     tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
-    if (summary := distributed.launch(params, spec.pipeline, "train", out["metrics"])) is not None:
+    if not spec.distributed and params.distributed.world_size > 1:
+        raise D2lflowError(f"{params.source()}: {spec.pipeline} {spec.stage} trains in one process, but "
+                           f"distributed asks for {params.distributed.world_size}; set distributed.nproc_per_node "
+                           "and distributed.nnodes to 1 for this stage")
+    if (summary := distributed.launch(params, spec.pipeline, spec.stage, out["metrics"])) is not None:
         return summary
     cfg = section(params, spec.pipeline)
     pre_dir = spec.pre_dir(params) if spec.pre_dir else params.path(cfg.preprocess.out_dir)
+    if not pre_dir.exists():
+        raise DataError(f"{pre_dir}: not found; the {spec.pipeline} {spec.stage} stage trains on it: run "
+                        f"`dvc repro {spec.pipeline}_preprocess` first")
     with distributed.process_group(params) as ctx:
         seed_all(params.seed)
         run_fingerprint = fingerprint(*spec.fingerprint_config(params), params.seed, ctx.device.type,
                                       ctx.world_size, hash_tree(pre_dir), code_hash(*spec.code))
-        checkpoint = params.path(cfg.train.checkpoint_dir) / "last.pt"
+        checkpoint = params.path(getattr(cfg, spec.stage).checkpoint_dir) / "last.pt"
         state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
-        job = TrainJob(spec.pipeline, params, cfg, ctx, checkpoint, run_fingerprint, state)
+        job = TrainJob(spec.pipeline, params, cfg, ctx, checkpoint, run_fingerprint, state, stage=spec.stage)
         job.data = spec.prepare(job)
         with distributed.main_only(ctx, tracking.training_run(
                 spec.pipeline, params, str(ctx.device), out["run"], spec.data_dir(params),
                 resume_run_id=state.get("run_id") if state else None, world_size=ctx.world_size)) as run:
             if run:
+                if spec.stage != "train":  # one of several models the pipeline trains (generative: vae, dcgan)
+                    mlflow.set_tag(f"{tracking.TAG}model", spec.stage.removeprefix("train_"))
                 if spec.skipped_samples:
                     tracking.log_skipped_samples(pre_dir / "stats.json")
                 job.run_id = run.info.run_id
@@ -162,12 +178,17 @@ def train(spec: TrainSpec, params: Params) -> dict[str, Any]:
                 return {"rank": ctx.rank, "outputs": "written by rank 0"}
             # the rest were logged per epoch (a second, step-less value would break their series)
             tracking.log_metrics({k: v for k, v in metrics.items() if k not in spec.logged_per_epoch})
-            save_torch(out["model"], {k: v.cpu() for k, v in result.model.state_dict().items()},
-                       "the trained weights")
+            weights = spec.weights(result) if spec.weights else {"model": result.model}
+            for name, module in weights.items():
+                save_torch(out["model"].with_name(f"{name}.pt"), {k: v.cpu() for k, v in module.state_dict().items()},
+                           f"the trained {'weights' if name == 'model' else name}")
             write_text(out["history"], history_csv(result.history, spec.history))
-            plots.write_validation(out["validation"], result.history)
+            figures = [out["history"]]
+            if spec.validation:
+                plots.write_validation(out["validation"], result.history)
+                figures.append(out["validation"])
             write_json(out["metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
-            plots.log_stage_figures(params.root(), f"{spec.pipeline}_train", [out["history"], out["validation"]])
+            plots.log_stage_figures(params.root(), f"{spec.pipeline}_{spec.stage}", figures)
     return metrics
 
 
@@ -176,40 +197,49 @@ class FitResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int = 0
+    models: dict[str, nn.Module] = field(default_factory=dict)  # every module trained, by checkpoint key
 
 
-def epoch_loop(job: TrainJob, model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
+def epoch_loop(job: TrainJob, model: nn.Module | dict[str, nn.Module],
+               optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer], epochs: int,
                train_epoch: Callable[[int], dict], validate: Callable[[nn.Module, int], dict] | None = None,
-               unit: str = "examples/s", show: tuple[str, ...] = ()) -> FitResult:
+               unit: str = "examples/s", show: tuple[str, ...] = (), loss: str = "loss") -> FitResult:
     """The train loop a pipeline gets from the kit: resume from `job.state`, then for each epoch
     `train_epoch(epoch)` (0-based; returns {"loss": ..., "examples": n, ...}, summed over ranks by the
     caller), `validate(model, epoch)` under an isolated random stream, the progress line (with the record's
     `show` keys), the checkpoint (rank 0) and `job.on_epoch`. The history records carry "epoch", "loss",
-    "examples_per_s", "seconds" and what `train_epoch` and `validate` returned."""
-    result = FitResult(model)
+    "examples_per_s", "seconds" and what `train_epoch` and `validate` returned. Several models trained
+    together (a GAN's generator and discriminator) are dicts of modules and of optimizers, checkpointed under
+    their keys; `loss` names the record's key the progress line shows as the loss."""
+    modules = model if isinstance(model, dict) else {"model": model}
+    optimizers = optimizer if isinstance(optimizer, dict) else {"optimizer": optimizer}
+    result = FitResult(next(iter(modules.values())), models=modules)
     if job.state is not None:
-        result.history, result.resumed_from_epoch = restore(job.state, model=model, optimizer=optimizer)
+        result.history, result.resumed_from_epoch = restore(job.state, **modules, **optimizers)
         log.info("resuming from %s after epoch %d", job.checkpoint, result.resumed_from_epoch)
     ctx = job.ctx
-    progress = EpochProgress(f"{job.pipeline}_train", epochs, result.resumed_from_epoch, enabled=ctx.local_rank == 0)
+    progress = EpochProgress(f"{job.pipeline}_{job.stage}", epochs, result.resumed_from_epoch,
+                             enabled=ctx.local_rank == 0)
     for epoch in range(result.resumed_from_epoch, epochs):
         start = time.perf_counter()
-        model.train()
+        for module in modules.values():
+            module.train()
         scores = train_epoch(epoch)
         seconds = time.perf_counter() - start
         examples = scores.pop("examples")
         record = {"epoch": epoch + 1, **scores, "examples_per_s": examples / seconds, "seconds": seconds}
         if validate is not None:
             with isolated_rng(job.device):  # validating must not change what training draws next
-                model.eval()
-                record.update(validate(model, epoch + 1))
+                result.model.eval()
+                record.update(validate(result.model, epoch + 1))
         result.history.append(record)
-        progress.epoch(epoch + 1, record["loss"], record["examples_per_s"], unit,
+        progress.epoch(epoch + 1, record[loss], record["examples_per_s"], unit,
                        **{key: record[key] for key in show if key in record})
         if ctx.is_main:
-            save_checkpoint(job.checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                             "optimizer": optimizer.state_dict(), "history": result.history,
-                                             "fingerprint": job.fingerprint, "run_id": job.run_id})
+            save_checkpoint(job.checkpoint, {"epoch": epoch + 1, **{k: m.state_dict() for k, m in modules.items()},
+                                             **{k: o.state_dict() for k, o in optimizers.items()},
+                                             "history": result.history, "fingerprint": job.fingerprint,
+                                             "run_id": job.run_id})
         if job.on_epoch is not None:
             job.on_epoch(record)
     return result

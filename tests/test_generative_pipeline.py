@@ -77,8 +77,8 @@ def test_resumed_dcgan_and_vae_training_equal_the_uninterrupted_runs(tmp_path: P
             expected, found = _state(module), _state(resumed.models[key])
             assert all(torch.equal(expected[k], found[k]) for k in expected), f"{run.__name__} {key} differs"
         assert resumed.history[-1]["epoch"] == 3
-        assert {k: v for k, v in resumed.history[-1].items() if k not in ("seconds", "images_per_s")} == {
-            k: v for k, v in full.history[-1].items() if k not in ("seconds", "images_per_s")}
+        assert {k: v for k, v in resumed.history[-1].items() if k not in ("seconds", "examples_per_s")} == {
+            k: v for k, v in full.history[-1].items() if k not in ("seconds", "examples_per_s")}
 
 
 def test_inception_fid_is_omitted_with_a_reason_when_its_weights_are_absent(tmp_path: Path,
@@ -100,6 +100,26 @@ def test_missing_classification_output_is_one_error_naming_the_stage_to_run(tmp_
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "train.npz: not found" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_world_size_above_one_is_refused_by_the_single_process_train_stages(tmp_path: Path) -> None:
+    """The VAE and DCGAN loops do not shard batches across ranks: torchrun would train the same model
+    N times, so the kit refuses before launching (one error line, nothing written)."""
+    import yaml
+
+    from tasks.errors import D2lflowError
+    from tasks.generative import stages
+    from tasks.params import load_params
+
+    path = write_params(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["distributed"] = {"nproc_per_node": 2}
+    path.write_text(yaml.safe_dump(raw))
+    params = load_params(path)
+    for train in (stages.train_vae, stages.train_dcgan):
+        with pytest.raises(D2lflowError, match="trains in one process.*nproc_per_node"):
+            train(params)
+    assert not (tmp_path / "artifacts" / "generative").exists()
 
 
 def test_lenet_features_are_the_penultimate_layer_on_the_books_scale() -> None:

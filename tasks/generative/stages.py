@@ -19,7 +19,7 @@ import torch
 import models.generative
 from models.generative import VAE, Discriminator, Generator, PixelGaussian
 from models.lenet import build_lenet
-from tasks import plots, tracking
+from tasks import kit, tracking
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import D2lflowError, DataError
 from tasks.generative import evaluate as ev
@@ -27,7 +27,7 @@ from tasks.generative import train as tr
 from tasks.generative.serving import GenerativeSampler, reconstruct, sample_dcgan, sample_vae
 from tasks.metrics import chance_warning
 from tasks.params import Params
-from tasks.runtime import code_hash, fingerprint, hash_tree, load_checkpoint, save_torch, seed_everything, select_device
+from tasks.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,17 @@ class Split(NamedTuple):
     labels: np.ndarray  # int64 (N,)
 
 
-def load_split(path: Path) -> Split:
-    """One split of the classification pipeline's preprocess output (uint8 images N×28×28, int64 labels)."""
+def _require(path: Path) -> Path:
     if not path.is_file():
         raise DataError(f"{path}: not found; the generative pipeline reads the classification pipeline's "
                         "preprocess output: run `dvc repro classification_preprocess` (or set "
                         "generative.data.preprocess_dir)")
+    return path
+
+
+def load_split(path: Path) -> Split:
+    """One split of the classification pipeline's preprocess output (uint8 images N×28×28, int64 labels)."""
+    _require(path)
     with np.load(path, allow_pickle=False) as data:
         missing = {"images", "labels"} - set(data.files)
         if missing:
@@ -76,71 +81,74 @@ def _paths(params: Params) -> dict[str, Path]:
             "samples": out / "samples.png", "interpolation": out / "interpolation.png"}
 
 
-def _train_stage(params: Params, name: str, section: Any, build, run) -> dict[str, Any]:
-    """What both train stages share: data, fingerprint, checkpoint, the MLflow run, history and metrics."""
-    out = _paths(params)
-    tracking.check_tracking_server(params)  # an unreachable server fails now, not after the first epoch
-    device = select_device(params.device)
-    seed_everything(params.seed)
-    train_file = params.path(params.generative.data.preprocess_dir) / "train.npz"
-    images = load_split(train_file).images
-    modules = build()
-    run_fingerprint = fingerprint(section.model_dump(exclude={"out_dir", "checkpoint_dir"}), params.seed,
-                                  device.type, hash_tree(train_file), code_hash(tr, models.generative))
-    checkpoint = params.path(section.checkpoint_dir) / "last.pt"
-    state = load_checkpoint(checkpoint, run_fingerprint)
-    with tracking.training_run(PIPELINE, params, str(device), out[f"{name}_run"], train_file.parent,
-                               resume_run_id=state.get("run_id") if state else None) as active:
-        mlflow.set_tag(f"{tracking.TAG}model", name)
+def _train_file(params: Params) -> Path:
+    return _require(params.path(params.generative.data.preprocess_dir) / "train.npz")
 
-        def on_epoch(record: dict) -> None:
-            tracking.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "seconds")},
-                                 step=record["epoch"])
 
-        result = run(modules, images, device, checkpoint, run_fingerprint, state, active.info.run_id, on_epoch)
-        history = result.history
-        columns = [k for k in history[0] if k != "epoch"]
-        write_text(out[f"{name}_history"], ",".join(["epoch", *columns]) + "\n" + "".join(
-            ",".join([str(h["epoch"]), *(f"{h[c]:.6f}" for c in columns)]) + "\n" for h in history))
-        metrics = {**{f"final_{k}": v for k, v in history[-1].items() if k not in ("epoch", "seconds", "images_per_s")},
-                   "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-                   "epochs_per_s": len(history) / sum(h["seconds"] for h in history),
-                   "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
-                   "train_images": len(images)}
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "images_per_s"})
-        for key, module in result.models.items():
-            target = out["vae_model"] if key == "model" else out[key]
-            save_torch(target, {k: v.cpu() for k, v in module.state_dict().items()}, f"the trained {key}")
-        write_json(out[f"{name}_metrics"], metrics)
-        plots.log_stage_figures(params.root(), f"{PIPELINE}_train_{name}", [out[f"{name}_history"]])
-    return metrics
+def _summary(job: kit.TrainJob, result: kit.FitResult) -> dict[str, Any]:
+    history = result.history
+    return {**{f"final_{k}": v for k, v in history[-1].items() if k not in ("epoch", "seconds", "examples_per_s")},
+            "images_per_s": sum(h["examples_per_s"] for h in history) / len(history),
+            "epochs_per_s": len(history) / sum(h["seconds"] for h in history),
+            "epochs": len(history), "resumed_from_epoch": result.resumed_from_epoch,
+            "train_images": len(job.data["images"])}
+
+
+def _spec(name: str, columns: tuple[str, ...], prepare, fit) -> kit.TrainSpec:
+    """A generative train stage on the kit: one process (the loops have no DDP sharding), the classification
+    pipeline's train.npz as its data (hashed into the fingerprint), the per-epoch columns as history."""
+    stage = f"train_{name}"
+    return kit.TrainSpec(
+        pipeline=PIPELINE, stage=stage, distributed=False, validation=False,
+        data_dir=lambda params: _train_file(params).parent,
+        pre_dir=_train_file,
+        fingerprint_config=lambda params: (getattr(params.generative, stage).model_dump(
+            exclude={"out_dir", "checkpoint_dir"}),),
+        code=(tr, models.generative),
+        prepare=prepare, fit=fit, summary=_summary,
+        epoch_metrics=lambda record: {k: v for k, v in record.items() if k not in ("epoch", "seconds")},
+        logged_per_epoch=("images_per_s",),
+        history={"epoch": "", **{c: ".6f" for c in columns}, "examples_per_s": ".6f"},
+        weights=lambda result: result.models if name == "dcgan" else {"model": result.model})
+
+
+def _prepare_vae(job: kit.TrainJob) -> dict[str, Any]:
+    cfg = job.params.generative.train_vae
+    return {"images": load_split(_train_file(job.params)).images, "model": VAE(cfg.latent_dim, cfg.base)}
+
+
+def _fit_vae(job: kit.TrainJob) -> kit.FitResult:
+    cfg, device = job.params.generative.train_vae, job.device
+    return tr.train_vae(job.data["model"].to(device), tr.vae_images(job.data["images"]).to(device), cfg,
+                        job.params.seed, job.checkpoint, job.fingerprint, job.state, job.run_id, job.on_epoch)
+
+
+def _prepare_dcgan(job: kit.TrainJob) -> dict[str, Any]:
+    cfg = job.params.generative.train_dcgan
+    return {"images": load_split(_train_file(job.params)).images,
+            "generator": Generator(cfg.latent_dim, cfg.image_size, 1, cfg.base),
+            "discriminator": Discriminator(cfg.image_size, 1, cfg.base)}
+
+
+def _fit_dcgan(job: kit.TrainJob) -> kit.FitResult:
+    cfg, device = job.params.generative.train_dcgan, job.device
+    return tr.train_dcgan(job.data["generator"].to(device), job.data["discriminator"].to(device),
+                          tr.gan_images(job.data["images"], cfg.image_size).to(device), cfg, job.params.seed,
+                          job.checkpoint, job.fingerprint, job.state, job.run_id, job.on_epoch)
+
+
+TRAIN_VAE = _spec("vae", ("loss", "reconstruction", "kl"), _prepare_vae, _fit_vae)
+TRAIN_DCGAN = _spec("dcgan", ("loss_d", "loss_g", "d_real_accuracy", "d_fake_accuracy"), _prepare_dcgan, _fit_dcgan)
 
 
 def train_vae(params: Params) -> dict[str, Any]:
     """The VAE (latent `generative.train_vae.latent_dim`) on the negative ELBO; per-epoch loss terms."""
-    cfg = params.generative.train_vae
-
-    def run(modules, images, device, checkpoint, run_fingerprint, state, run_id, on_epoch):
-        return tr.train_vae(modules["model"].to(device), tr.vae_images(images).to(device), cfg, params.seed,
-                            checkpoint, run_fingerprint, state, run_id, on_epoch)
-
-    return _train_stage(params, "vae", cfg, lambda: {"model": VAE(cfg.latent_dim, cfg.base)}, run)
+    return kit.train(TRAIN_VAE, params)
 
 
 def train_dcgan(params: Params) -> dict[str, Any]:
     """The book's DCGAN; per-epoch D and G losses and D's accuracy on real and on fake images."""
-    cfg = params.generative.train_dcgan
-
-    def build() -> dict[str, torch.nn.Module]:
-        return {"generator": Generator(cfg.latent_dim, cfg.image_size, 1, cfg.base),
-                "discriminator": Discriminator(cfg.image_size, 1, cfg.base)}
-
-    def run(modules, images, device, checkpoint, run_fingerprint, state, run_id, on_epoch):
-        return tr.train_dcgan(modules["generator"].to(device), modules["discriminator"].to(device),
-                              tr.gan_images(images, cfg.image_size).to(device), cfg, params.seed, checkpoint,
-                              run_fingerprint, state, run_id, on_epoch)
-
-    return _train_stage(params, "dcgan", cfg, build, run)
+    return kit.train(TRAIN_DCGAN, params)
 
 
 def serving_config(params: Params, name: str) -> dict[str, Any]:

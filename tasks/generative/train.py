@@ -1,4 +1,5 @@
-"""VAE and DCGAN training (d2l 20.1-20.2) as plain epoch functions and loops, with a checkpoint every epoch.
+"""VAE and DCGAN training (d2l 20.1-20.2): plain epoch functions run in the kit's loop (tasks/kit.py), with a
+checkpoint every epoch.
 
 Every random draw of an epoch (the shuffle, the VAE's ε, the GAN's z) comes from one generator seeded by
 (seed, model, epoch), so a run resumed from its last checkpoint replays exactly the batches and noise the
@@ -8,21 +9,17 @@ interrupted one would have drawn, and its weights equal the uninterrupted run's 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from models.generative import VAE, Discriminator, Generator, reparameterize, vae_loss
+from tasks import distributed, kit
 from tasks.errors import D2lflowError
 from tasks.params import DcganTrainParams, VaeTrainParams
-from tasks.progress import EpochProgress
-from tasks.runtime import restore, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -119,57 +116,41 @@ def dcgan_epoch(G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer, op
     return {key: value / len(x) for key, value in sums.items()}
 
 
-@dataclass
-class TrainResult:
-    models: dict[str, nn.Module]
-    history: list[dict] = field(default_factory=list)
-    resumed_from_epoch: int = 0
-
-
-def _loop(name: str, epochs: int, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-          step: Callable[[torch.Generator, int], dict[str, float]], images: int, seed: int, checkpoint: Path,
-          run_fingerprint: str, state: dict | None, run_id: str, on_epoch: Callable[[dict], None] | None,
-          loss_key: str) -> TrainResult:
-    result = TrainResult(modules)
-    if state is not None:
-        result.history, result.resumed_from_epoch = restore(state, **modules, **optimizers)
-        log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
-    lines = EpochProgress(f"generative_train_{name}", epochs, result.resumed_from_epoch)
-    for epoch in range(result.resumed_from_epoch, epochs):
-        start = time.perf_counter()
-        record = step(epoch_generator(seed, name, epoch), epoch)
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, **record, "images_per_s": images / seconds, "seconds": seconds}
-        result.history.append(record)
-        lines.epoch(epoch + 1, record[loss_key], record["images_per_s"], "images/s",
-                    **{k: v for k, v in record.items() if k not in ("epoch", loss_key, "images_per_s", "seconds")})
-        save_checkpoint(checkpoint, {"epoch": epoch + 1, **{k: m.state_dict() for k, m in modules.items()},
-                                     **{k: o.state_dict() for k, o in optimizers.items()},
-                                     "history": result.history, "fingerprint": run_fingerprint, "run_id": run_id})
-        if on_epoch is not None:
-            on_epoch(record)
-    return result
+def _job(name: str, checkpoint: Path, run_fingerprint: str, state: dict | None, run_id: str,
+         on_epoch: Callable[[dict], None] | None, device: torch.device) -> kit.TrainJob:
+    return kit.TrainJob("generative", None, None, distributed.Context(device), checkpoint, run_fingerprint, state,
+                        run_id=run_id, on_epoch=on_epoch, stage=f"train_{name}")
 
 
 def train_vae(model: VAE, x: torch.Tensor, cfg: VaeTrainParams, seed: int, checkpoint: Path, run_fingerprint: str,
               state: dict | None = None, run_id: str = "",
-              on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Adam on the negative ELBO for `cfg.epochs`, resuming from `state` (a checkpoint for this fingerprint)."""
+              on_epoch: Callable[[dict], None] | None = None) -> kit.FitResult:
+    """Adam on the negative ELBO for `cfg.epochs` in the kit's loop (kit.epoch_loop: resume from `state`, a
+    checkpoint for this fingerprint, and a checkpoint every epoch)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return _loop("vae", cfg.epochs, {"model": model}, {"optimizer": optimizer},
-                 lambda generator, epoch: vae_epoch(model, optimizer, x, cfg.batch_size, generator, epoch),
-                 len(x), seed, checkpoint, run_fingerprint, state, run_id, on_epoch, "loss")
+
+    def one_epoch(epoch: int) -> dict:
+        return {**vae_epoch(model, optimizer, x, cfg.batch_size, epoch_generator(seed, "vae", epoch), epoch),
+                "examples": len(x)}
+
+    return kit.epoch_loop(_job("vae", checkpoint, run_fingerprint, state, run_id, on_epoch, x.device), model,
+                          optimizer, cfg.epochs, one_epoch, unit="images/s", show=("reconstruction", "kl"))
 
 
 def train_dcgan(G: Generator, D: Discriminator, x: torch.Tensor, cfg: DcganTrainParams, seed: int, checkpoint: Path,
                 run_fingerprint: str, state: dict | None = None, run_id: str = "",
-                on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """The book's DCGAN training (Adam, lr and β1 from params) for `cfg.epochs`, resuming G, D and both
-    optimizers from `state`."""
+                on_epoch: Callable[[dict], None] | None = None) -> kit.FitResult:
+    """The book's DCGAN training (Adam, lr and β1 from params) for `cfg.epochs` in the kit's loop, resuming G,
+    D and both optimizers from `state`."""
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas)
-    return _loop("dcgan", cfg.epochs, {"generator": G, "discriminator": D},
-                 {"optimizer_g": opt_g, "optimizer_d": opt_d},
-                 lambda generator, epoch: dcgan_epoch(G, D, opt_g, opt_d, x, cfg.batch_size, generator, epoch),
-                 len(x), seed, checkpoint, run_fingerprint, state, run_id, on_epoch, "loss_d")
+
+    def one_epoch(epoch: int) -> dict:
+        return {**dcgan_epoch(G, D, opt_g, opt_d, x, cfg.batch_size, epoch_generator(seed, "dcgan", epoch), epoch),
+                "examples": len(x)}
+
+    return kit.epoch_loop(_job("dcgan", checkpoint, run_fingerprint, state, run_id, on_epoch, x.device),
+                          {"generator": G, "discriminator": D}, {"optimizer_g": opt_g, "optimizer_d": opt_d},
+                          cfg.epochs, one_epoch, unit="images/s", loss="loss_d",
+                          show=("loss_g", "d_real_accuracy", "d_fake_accuracy"))
