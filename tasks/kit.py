@@ -132,6 +132,8 @@ class TrainSpec:
     weights: Callable[[Any], dict[str, nn.Module]] | None = None  # files to write: {name: module} → name.pt
     validation: bool = True  # write validation.csv (the epochs' val_* scores)
     distributed: bool = True  # False: the fit is single-process; a world size above 1 is refused
+    outputs: Callable[[TrainJob, Any], list[Path]] | None = None  # writes further outputs (rank 0, atomically);
+    # returns the files among them that are DVC plots (logged to the run as figures with history.csv)
 
 
 def history_csv(history: list[dict], columns: dict[str, str]) -> str:
@@ -158,8 +160,10 @@ def train(spec: TrainSpec, params: Params) -> dict[str, Any]:
         seed_all(params.seed)
         run_fingerprint = fingerprint(*spec.fingerprint_config(params), params.seed, ctx.device.type,
                                       ctx.world_size, hash_tree(pre_dir), code_hash(*spec.code))
-        checkpoint = params.path(getattr(cfg, spec.stage).checkpoint_dir) / "last.pt"
-        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx)
+        stage_cfg = getattr(cfg, spec.stage)
+        checkpoint = params.path(stage_cfg.checkpoint_dir) / "last.pt" if hasattr(stage_cfg, "checkpoint_dir") else None
+        # (a section without checkpoint_dir never resumes: style's minutes-long optimisations)
+        state = distributed.load_shared_checkpoint(checkpoint, run_fingerprint, ctx) if checkpoint else None
         job = TrainJob(spec.pipeline, params, cfg, ctx, checkpoint, run_fingerprint, state, stage=spec.stage)
         job.data = spec.prepare(job)
         with distributed.main_only(ctx, tracking.training_run(
@@ -187,6 +191,8 @@ def train(spec: TrainSpec, params: Params) -> dict[str, Any]:
             if spec.validation:
                 plots.write_validation(out["validation"], result.history)
                 figures.append(out["validation"])
+            if spec.outputs is not None:
+                figures += spec.outputs(job, result)
             write_json(out["metrics"], metrics)  # unrounded: `dvc exp show` and MLflow show the same numbers
             plots.log_stage_figures(params.root(), f"{spec.pipeline}_{spec.stage}", figures)
     return metrics

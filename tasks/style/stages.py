@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from models.style import TransformNet, denormalize
-from tasks import plots, tracking
+from tasks import kit, tracking
 from tasks.acquire import Staging
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import D2lflowError
 from tasks.params import Params
-from tasks.runtime import figure_png, save_torch, seed_everything, select_device
+from tasks.progress import EpochProgress
+from tasks.runtime import figure_png, seed_everything, select_device
 from tasks.style import data as style_data
 from tasks.style import images as style_images
 from tasks.style import transfer as st
@@ -97,68 +98,95 @@ def _csv(rows: list[dict[str, float]], keys: tuple[str, ...]) -> str:
     return text.getvalue()
 
 
-def train(params: Params) -> dict[str, Any]:
-    """The book's optimisation of the synthesized image (per-epoch losses as MLflow metrics, the image
-    every `log_image_every` epochs), then the feed-forward network on the content set."""
-    cfg = params.style.train
-    out = _paths(params)
-    tracking.check_tracking_server(params)
-    device = select_device(params.device)
-    seed_everything(params.seed)
+def _prepare(job: kit.TrainJob) -> dict[str, Any]:
+    params, cfg, device = job.params, job.params.style.train, job.device
     _features_note(cfg.features)
     trunk = st.build_trunk(cfg.features, params.seed).to(device)
     images = _load_images(params)
     content, style = st.to_tensor(images["content"]).to(device), st.to_tensor(images["style"]).to(device)
-    target = st.targets(trunk, content, style)
-    with tracking.training_run(PIPELINE, params, str(device), out["run"], params.path(params.style.data.dir)):
-        mlflow.set_tags({f"{tracking.TAG}style.features": cfg.features,
-                         f"{tracking.TAG}style.style_name": read_json(out["stats"])["style_name"]})
-        if cfg.features == "random":
-            mlflow.set_tag(f"{tracking.TAG}style.features_note", st.RANDOM_FEATURES_NOTE)
-        started = time.perf_counter()
+    return {"trunk": trunk, "images": images, "content": content, "style": style,
+            "target": st.targets(trunk, content, style)}
 
-        def on_epoch(epoch: int, record: dict[str, float], x: torch.Tensor) -> None:
-            tracking.log_metrics({k: record[k] for k in (*LOSSES, "iterations_per_s")}, step=epoch)
-            if epoch % cfg.log_image_every == 0 or epoch == cfg.epochs:
-                mlflow.log_image(st.to_uint8(denormalize(x))[0], f"synthesis/epoch_{epoch:04d}.png")
-            if epoch % max(cfg.epochs // 10, 1) == 0 or epoch == cfg.epochs:
-                log.info("style train epoch %d/%d total=%.4g content=%.4g style=%.4g tv=%.4g (%.2f it/s)", epoch,
-                         cfg.epochs, record["total_loss"], record["content_loss"], record["style_loss"],
-                         record["tv_loss"], record["iterations_per_s"])
 
-        result, history = st.synthesize(trunk, content, target, cfg, on_epoch=on_epoch)
-        optimise_seconds = time.perf_counter() - started
-        with atomic_path(out["result"]) as tmp:
-            from PIL import Image
+def _fit(job: kit.TrainJob) -> kit.FitResult:
+    """The book's optimisation of the synthesized image (per-epoch losses as MLflow metrics, the image
+    every `log_image_every` epochs), then the feed-forward network on the content set. Neither resumes:
+    the image optimisation is minutes, and the network's steps are few."""
+    params, cfg, device, data = job.params, job.params.style.train, job.device, job.data
+    mlflow.set_tags({f"{tracking.TAG}style.features": cfg.features,
+                     f"{tracking.TAG}style.style_name": read_json(_paths(params)["stats"])["style_name"]})
+    if cfg.features == "random":
+        mlflow.set_tag(f"{tracking.TAG}style.features_note", st.RANDOM_FEATURES_NOTE)
+    started = time.perf_counter()
+    progress = EpochProgress(f"{PIPELINE}_train", cfg.epochs, 0)
 
-            Image.fromarray(st.to_uint8(result)[0]).save(tmp, format="PNG")
-        write_text(out["history"], _csv(history, ("epoch", *LOSSES, "iterations_per_s")))
+    def on_epoch(epoch: int, record: dict[str, float], x: torch.Tensor) -> None:
+        job.on_epoch(record)
+        if epoch % max(cfg.epochs // 10, 1) == 0 or epoch == cfg.epochs:  # a tenth of the epochs each
+            progress.epoch(epoch, record["total_loss"], record["iterations_per_s"], "it/s",
+                           style_loss=record["style_loss"])
+        if epoch % cfg.log_image_every == 0 or epoch == cfg.epochs:
+            mlflow.log_image(st.to_uint8(denormalize(x))[0], f"synthesis/epoch_{epoch:04d}.png")
 
-        ff = cfg.feedforward
-        torch.manual_seed(params.seed)
-        net = TransformNet(ff.base, ff.n_residual).to(device)
-        started = time.perf_counter()
+    data["result"], history = st.synthesize(data["trunk"], data["content"], data["target"], cfg, on_epoch=on_epoch)
+    data["optimise_seconds"] = time.perf_counter() - started
 
-        def on_step(step: int, record: dict[str, float]) -> None:
-            tracking.log_metrics({f"feedforward_train_{k}": record[k] for k in LOSSES}, step=step)
+    ff = cfg.feedforward
+    torch.manual_seed(params.seed)
+    net = TransformNet(ff.base, ff.n_residual).to(device)
+    started = time.perf_counter()
 
-        ff_history = st.train_transform_net(net, trunk, st.to_tensor(images["train"]).to(device), style, ff,
-                                            cfg.weights, params.seed, on_step=on_step)
-        ff_seconds = time.perf_counter() - started
-        log.info("style feed-forward network: %d steps in %.1f s, total loss %.4g → %.4g", ff.steps, ff_seconds,
-                 ff_history[0]["total_loss"], ff_history[-1]["total_loss"])
-        save_torch(out["ff_weights"], {k: v.cpu() for k, v in net.state_dict().items()}, "the feed-forward weights")
-        write_text(out["ff_history"], _csv(ff_history, ("step", *LOSSES)))
-        metrics = {"final_total_loss": history[-1]["total_loss"], "final_style_loss": history[-1]["style_loss"],
-                   "first_style_loss": history[0]["style_loss"], "epochs": len(history),
-                   "iterations_per_s": cfg.epochs / optimise_seconds, "optimise_seconds": optimise_seconds,
-                   "feedforward_final_total_loss": ff_history[-1]["total_loss"],
-                   "feedforward_train_seconds": ff_seconds, "train_images": len(images["train"])}
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "iterations_per_s"})
-        mlflow.log_artifact(str(out["result"]), "synthesis")
-        write_json(out["train_metrics"], metrics)
-        plots.log_stage_figures(params.root(), f"{PIPELINE}_train", [out["history"], out["ff_history"]])
-    return metrics
+    def on_step(step: int, record: dict[str, float]) -> None:
+        tracking.log_metrics({f"feedforward_train_{k}": record[k] for k in LOSSES}, step=step)
+
+    data["ff_history"] = st.train_transform_net(net, data["trunk"], st.to_tensor(data["images"]["train"]).to(device),
+                                                data["style"], ff, cfg.weights, params.seed, on_step=on_step)
+    data["ff_seconds"] = time.perf_counter() - started
+    log.info("style feed-forward network: %d steps in %.1f s, total loss %.4g → %.4g", ff.steps, data["ff_seconds"],
+             data["ff_history"][0]["total_loss"], data["ff_history"][-1]["total_loss"])
+    return kit.FitResult(net, history, models={"feedforward": net})
+
+
+def _summary(job: kit.TrainJob, result: kit.FitResult) -> dict[str, Any]:
+    history, data = result.history, job.data
+    return {"final_total_loss": history[-1]["total_loss"], "final_style_loss": history[-1]["style_loss"],
+            "first_style_loss": history[0]["style_loss"], "epochs": len(history),
+            "iterations_per_s": len(history) / data["optimise_seconds"], "optimise_seconds": data["optimise_seconds"],
+            "feedforward_final_total_loss": data["ff_history"][-1]["total_loss"],
+            "feedforward_train_seconds": data["ff_seconds"], "train_images": len(data["images"]["train"])}
+
+
+def _write_outputs(job: kit.TrainJob, result: kit.FitResult) -> list[Path]:
+    """result.png (the synthesized image, also in the run) and the feed-forward network's loss history."""
+    from PIL import Image
+
+    out = _paths(job.params)
+    with atomic_path(out["result"]) as tmp:
+        Image.fromarray(st.to_uint8(job.data["result"])[0]).save(tmp, format="PNG")
+    mlflow.log_artifact(str(out["result"]), "synthesis")
+    write_text(out["ff_history"], _csv(job.data["ff_history"], ("step", *LOSSES)))
+    return [out["ff_history"]]
+
+
+TRAIN = kit.TrainSpec(
+    pipeline=PIPELINE, distributed=False, validation=False,
+    data_dir=lambda params: params.path(params.style.data.dir),
+    fingerprint_config=lambda params: (params.style.train.model_dump(exclude={"out_dir", "log_image_every"}),
+                                       params.style.preprocess.model_dump(exclude={"out_dir"})),
+    code=(st, TransformNet),
+    prepare=_prepare, fit=_fit, summary=_summary,
+    epoch_metrics=lambda record: {k: record[k] for k in (*LOSSES, "iterations_per_s")},
+    logged_per_epoch=("iterations_per_s",),
+    history={"epoch": "", **{k: ".8g" for k in LOSSES}, "iterations_per_s": ".8g"},
+    weights=lambda result: result.models,
+    outputs=_write_outputs,
+)
+
+
+def train(params: Params) -> dict[str, Any]:
+    """The style image's optimisation and the feed-forward network, through the kit (tasks/kit.py: the
+    tracking preflight, the MLflow run and lineage, the weights, history and metrics written atomically)."""
+    return kit.train(TRAIN, params)
 
 
 def load_net(params: Params, device: torch.device) -> TransformNet:
