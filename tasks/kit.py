@@ -26,6 +26,10 @@ seed become `fingerprint_config` and the `code_hash(...)` ones `code`; its `on_e
 Its register stage keeps only its signature, input example, pyfunc and serving config. Then
 `tests/test_dvc_yaml.py` names the dvc.yaml deps to add (tasks/kit.py among them).
 
+A spec may name its `stage` (several train stages with their own params sections: generative's train_vae
+and train_dcgan), its `weights` (several files), an `outputs` hook (further files, e.g. style's result.png)
+and `distributed=False` (a fit without DDP sharding: a world size above 1 is refused before launching).
+
 `epoch_loop` is the train loop itself (resume, per-epoch validation that leaves training's random stream
 alone, progress, a checkpoint after every epoch) for a pipeline that supplies one `train_epoch` function;
 `d2lflow new NAME` scaffolds such a pipeline (tasks/scaffold.py).
