@@ -131,7 +131,8 @@ def test_lenet_features_are_the_penultimate_layer_on_the_books_scale() -> None:
     features, labels = ev.classifier_outputs(net, images, 2)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     with torch.no_grad():
-        assert np.allclose(features, net[:-1](x).double().numpy())
+        # batches of 2 against all 5 at once: float32 rounding differs with the thread count (CI runs two)
+        assert np.allclose(features, net[:-1](x).double().numpy(), rtol=1e-5, atol=1e-6)
         assert np.array_equal(labels, net(x).argmax(1).numpy())
 
 
