@@ -1,5 +1,5 @@
 """word2vec's `sparse_adam` optimiser option: trains, touches only a batch's rows, resumes exactly;
-the book's dense Adam stays the default. Its lazy Adam (RowAdam) is torch.optim.Adam on the touched
+the book's dense Adam stays the default. Its RowAdam is torch.optim.Adam computed on the touched
 rows, and its closed-form gradient (sgns_step) is autograd's of the book's loss."""
 
 from __future__ import annotations
@@ -91,26 +91,28 @@ def test_row_adam_on_the_touched_rows_equals_torch_adam_on_those_rows_alone():
     assert float(lazy.state[table]["step"]) == 6
 
 
-def test_row_adam_with_changing_rows_is_lazy_adam_as_torch_sparse_adam():
-    """Rows touched in some steps only: RowAdam agrees with torch.optim.SparseAdam (lazy Adam with the
-    global step; it adds eps after the bias correction of sqrt(v) as torch.optim.Adam does, hence
-    not bit for bit), through step() with sparse gradients and through step_rows."""
+def test_row_adam_with_changing_rows_is_dense_torch_adam_through_step_and_step_rows():
+    """Rows touched in some steps only: after flush() RowAdam agrees with torch.optim.Adam (dense: an
+    untouched row keeps moving by its moments), through step() with sparse gradients and through
+    step_rows; rows no step touched keep their weights."""
     torch.manual_seed(1)
     start = torch.randn(30, 4)
     ours, theirs, rows_fed = (torch.nn.Parameter(start.clone()) for _ in range(3))
-    ours_opt, theirs_opt = RowAdam([ours], lr=0.01), torch.optim.SparseAdam([theirs], lr=0.01)
+    ours_opt, theirs_opt = RowAdam([ours], lr=0.01), torch.optim.Adam([theirs], lr=0.01)
     rows_opt = RowAdam([rows_fed], lr=0.01)
     for step in range(8):
         ids = torch.randint(0, 12 + 2 * step, (20,))  # duplicates; later steps reach new rows
         upstream = torch.randn(20, 4)
-        for param, opt in ((ours, ours_opt), (theirs, theirs_opt)):
+        for param, opt, sparse in ((ours, ours_opt, True), (theirs, theirs_opt, False)):
             opt.zero_grad(set_to_none=True)
-            (torch.nn.functional.embedding(ids, param, sparse=True) * upstream).sum().backward()
+            (torch.nn.functional.embedding(ids, param, sparse=sparse) * upstream).sum().backward()
             opt.step()
         distinct, rank = unique_rows(ids, 30)
         rows_opt.step_rows([(distinct, torch.zeros(len(distinct), 4).index_add_(0, rank[ids], upstream))])
+    ours_opt.flush()
+    rows_opt.flush()
     assert torch.allclose(ours, theirs, atol=1e-6)
-    assert torch.allclose(rows_fed, ours, atol=1e-6)
+    assert torch.allclose(rows_fed, ours, atol=1e-6)  # the sparse gradient sums duplicates in another order
     never = torch.ones(30, dtype=torch.bool)
     never[:26] = False
     assert torch.equal(ours.detach()[never], start[never])
@@ -176,6 +178,8 @@ def test_sparse_training_resumed_from_a_checkpoint_ends_with_the_uninterrupted_w
     _train(small_ptb, cfg.model_copy(update={"epochs": 1}), tmp_path / "part.pt")
     state = load_checkpoint(tmp_path / "part.pt", "fp")
     assert state is not None and state["epoch"] == 1 and state["optimizer"]["state"]
+    for row_state in state["optimizer"]["state"].values():  # flushed at the epoch's end: every row up to date
+        assert torch.equal(row_state["last"], torch.full_like(row_state["last"], int(row_state["step"])))
     resumed = _train(small_ptb, cfg, tmp_path / "part.pt", state=state)
     assert resumed.resumed_from_epoch == 1
     for key, value in whole.model.state_dict().items():

@@ -1,19 +1,22 @@
-"""word2vec's `sparse_adam`: lazy Adam on the rows a batch touches, with the skip-gram gradient in closed form.
+"""word2vec's `sparse_adam`: dense Adam computed on the rows a batch touches, the skip-gram gradient in closed form.
 
 A batch of (center, word) pairs touches a few thousand rows of each 6.7k-row table. `sgns_step`
 gathers the batch's unique rows once, computes the gradient of the book's loss without autograd
 (d loss / d logit = weight · (sigmoid(logit) - label)), sums it per unique row (no sparse tensor, no
 coalescing of one row per pair) and hands `RowAdam` one (rows, gradient rows) pair per table. RowAdam
-applies torch.optim.Adam's update (the kernel of its fused=True form) to those rows only: their
-weights and both moments; every other row keeps its weights and moments. The step count and bias
-correction are global (a row's moments decay only in the steps that touch it), as in
-torch.optim.SparseAdam; Adam's eps placement (sqrt(v / bias_correction2) + eps) is kept.
+gives every row torch.optim.Adam's dense update (a row no batch touches keeps moving by its decaying
+moments) while it works on the touched rows only: a row's missed zero-gradient steps are applied in
+closed form when a batch next touches it or at `flush()`, then torch.optim.Adam's fused kernel
+updates the touched rows' weights and moments.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -22,18 +25,36 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 
 
 class RowAdam(torch.optim.Optimizer):
-    """Lazy Adam. `step_rows([(rows, grad_rows), ...])` (one pair per parameter, in parameter order;
-    `rows` distinct) is the fast path: the rows' weights and moments are gathered, updated together
-    by torch.optim.Adam(fused=True)'s kernel (`torch._fused_adam_`, one call for every parameter) and
-    written back. `step()` takes the parameters' `.grad` instead (sparse COO, as from
-    `F.embedding(..., sparse=True)`, or dense, whose nonzero rows count as touched).
+    """Dense Adam (torch.optim.Adam's update, not torch.optim.SparseAdam's lazy one) computed on the
+    rows a step touches. `step_rows([(rows, grad_rows), ...])` (one pair per parameter, in parameter
+    order; `rows` distinct) is the fast path; `step()` takes the parameters' `.grad` instead (sparse
+    COO, as from `F.embedding(..., sparse=True)`, or dense, whose nonzero rows count as touched).
 
-    State per parameter: `step` (global, as torch.optim.SparseAdam's) and `moments` (2, *shape):
-    exp_avg and exp_avg_sq in one tensor, so a step gathers and scatters both with one op."""
+    A row no batch touches still moves under dense Adam: its moments decay (m·beta1, v·beta2 per step)
+    and its weights follow them. Here it is left alone and brought up to date when a batch next
+    touches it, or at `flush()`: the k zero-gradient steps it missed after step t0 are applied in
+    closed form, m <- m·beta1^k, v <- v·beta2^k and p <- p - lr·C(t0, k)·m/sqrt(v) with the per-row
+    scalar C(t0, k) = sum_{j=1..k} (beta1/sqrt(beta2))^j · sqrt(1 - beta2^(t0+j)) / (1 - beta1^(t0+j))
+    (`catch_up_factors`). Adam's eps (its denominator is sqrt(v_hat) + eps) enters these missed steps to
+    first order: lr·C·m/(sqrt(v) + eps·E(t0, k)), E the C-weighted mean of each step's eps in units of
+    sqrt(v); where sqrt(v_hat) >> eps (1e-8) that is Adam's move to float32 rounding. Then the touched
+    rows get torch.optim.Adam(fused=True)'s kernel (`torch._fused_adam_`, one call for every
+    parameter) and are written back.
+
+    `flush()` brings every row up to date: call it before anything reads the weights (the training
+    loop does at the end of every epoch, before validation and the checkpoint). `state_dict()` does
+    not flush: it holds each row's last step, so a run resumed from it continues bit for bit.
+
+    State per parameter: `step` (the steps taken), `moments` (2, *shape): exp_avg and exp_avg_sq in one
+    tensor, so a step gathers and scatters both with one op, and `last` (rows,): the step each row's
+    weights and moments are up to date with."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         if not lr > 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps >= 0:
             raise ValueError(f"invalid RowAdam settings: lr={lr}, betas={betas}, eps={eps}")
+        if betas[0] >= betas[1]:
+            raise ValueError(f"RowAdam needs beta1 < beta2 (its catch-up of the missed steps converges only then), "
+                             f"got betas={betas}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
     def _state(self, param: torch.Tensor) -> dict:
@@ -41,7 +62,49 @@ class RowAdam(torch.optim.Optimizer):
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             state["moments"] = param.new_zeros((2, *param.shape))
+        if "last" not in state:  # new, or loaded from a lazy-Adam checkpoint: every row is at `step`
+            state["last"] = torch.full((len(param),), int(state["step"]), dtype=torch.int64, device=param.device)
         return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch.optim casts every non-step state to the parameter's dtype
+            if "last" in state:
+                state["last"] = state["last"].to(torch.int64)
+
+    @staticmethod
+    def _catch_up(value: torch.Tensor, moments: torch.Tensor, last: torch.Tensor, done: int, lr: float,
+                  beta1: float, beta2: float, eps: float) -> None:
+        """Apply in place to the rows `value` (rows, ...) and `moments` (2, rows, ...), up to date with the
+        steps `last` (rows,), Adam's zero-gradient steps from there to step `done`."""
+        shape = (-1,) + (1,) * (value.dim() - 1)
+        c, e = catch_up_factors(last, done, beta1, beta2)
+        scale, eps_scale = c.mul_(-lr).to(value.dtype).view(shape), e.mul_(eps).to(value.dtype).view(shape)
+        exp_avg, exp_avg_sq = moments[0], moments[1]
+        value.addcdiv_(exp_avg.mul(scale), exp_avg_sq.sqrt().add_(eps_scale).clamp_(min=torch.finfo(value.dtype).tiny))
+        exponent = (done - last).to(value.dtype).view(shape)
+        exp_avg.mul_(torch.pow(beta1, exponent))
+        exp_avg_sq.mul_(torch.pow(beta2, exponent))
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Bring every row's weights and moments up to the steps taken (as torch.optim.Adam would hold them)."""
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            for param in group["params"]:
+                state = self.state.get(param)
+                if not state:
+                    continue
+                state = self._state(param)
+                steps = int(state["step"])
+                rows = state["last"].ne(steps).nonzero().squeeze(1)
+                if len(rows) == 0:
+                    continue
+                value, moments = param.index_select(0, rows), state["moments"].index_select(1, rows)
+                self._catch_up(value, moments, state["last"].index_select(0, rows), steps, lr, beta1, beta2, eps)
+                param.index_copy_(0, rows, value)
+                state["moments"].index_copy_(1, rows, moments)
+                state["last"].fill_(steps)
 
     @torch.no_grad()
     def step_rows(self, updates: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -59,8 +122,12 @@ class RowAdam(torch.optim.Optimizer):
                 if len(rows) == 0:
                     state["step"] += 1  # the kernel counts the others' steps
                     continue
+                done = int(state["step"])
                 value = param.index_select(0, rows)
                 moments = state["moments"].index_select(1, rows)
+                last = state["last"]
+                self._catch_up(value, moments, last.index_select(0, rows), done, lr, beta1, beta2, eps)
+                last.index_fill_(0, rows, done + 1)
                 values.append(value)
                 grads.append(grad.contiguous())
                 exp_avgs.append(moments[0])
@@ -97,6 +164,40 @@ class RowAdam(torch.optim.Optimizer):
                     updates.append((rows, grad.index_select(0, rows)))
         self.step_rows(updates)
         return loss
+
+
+def catch_up_factors(last: torch.Tensor, done: int, beta1: float,
+                     beta2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, E) per row (float64), for rows up to date with step `last` (int64) and the zero-gradient steps
+    last+1..done they missed: Adam moves such a row by lr·C·m/(sqrt(v) + eps·E) to first order in eps,
+    C(t0, k) = sum_{j=1..k} c_j, c_j = r^j · sqrt(1 - beta2^(t0+j)) / (1 - beta1^(t0+j)), r = beta1/sqrt(beta2),
+    E(t0, k) = sum_j c_j · e_j / C, e_j = sqrt(1 - beta2^(t0+j)) / beta2^(j/2) (step j's eps in units of
+    sqrt(v)); t0 = last, k = done - last. Both sums telescope: with the windowed sums
+    G(t) = sum_{j=1..J} c_j(t) (`_window_sums`), sum_{j=1..k} c_j(t0) = G(t0) - r^k · G(t0 + k) up to the
+    terms beyond J, which are below float32's eps (c_j falls like r^j). C is 0 where k = 0."""
+    sums = _window_sums(1 << max(done, 1).bit_length(), beta1, beta2, last.device)
+    missed = (done - last).to(torch.float64)
+    ratio, slower = beta1 / math.sqrt(beta2), beta1 / beta2
+    c = sums[0].index_select(0, last) - torch.pow(ratio, missed) * sums[0, done]
+    weighted = sums[1].index_select(0, last) - torch.pow(slower, missed) * sums[1, done]
+    return c, torch.where(c > 0, weighted / torch.where(c > 0, c, 1.0), 0.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _window_sums(length: int, beta1: float, beta2: float, device: torch.device) -> torch.Tensor:
+    """(2, length) float64: for t = 0..length-1, G(t) = sum_{j=1..J} c_j(t) and sum_{j=1..J} c_j(t) · e_j(t)
+    (`catch_up_factors`), J the first j where the terms, falling like (beta1/beta2)^j, sum below float32's eps."""
+    slower = beta1 / beta2
+    horizon = 1 if slower == 0 else math.ceil(math.log(np.finfo(np.float32).eps * (1 - slower)) / math.log(slower))
+    s = np.arange(1, length + horizon + 1, dtype=np.float64)
+    root_bc2 = np.sqrt(-np.expm1(s * math.log(beta2)))
+    f = root_bc2 / -np.expm1(s * math.log(beta1)) if beta1 > 0 else root_bc2
+    j = np.arange(1, horizon + 1, dtype=np.float64)
+    ratio = beta1 / math.sqrt(beta2)
+    c_kernel, e_kernel = ratio ** j, slower ** j  # c_j e_j = (beta1/beta2)^j · f · sqrt(1 - beta2^s)
+    sums = np.stack([np.correlate(f, c_kernel, "valid")[:length],
+                     np.correlate(f * root_bc2, e_kernel, "valid")[:length]])
+    return torch.from_numpy(sums).to(device)
 
 
 def unique_rows(ids: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

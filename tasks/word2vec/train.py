@@ -115,10 +115,10 @@ def pair_loss(logits: torch.Tensor, part: Entries) -> torch.Tensor:
 
 
 def make_optimizer(model: SkipGram, cfg: Word2vecTrainParams, device: torch.device) -> torch.optim.Optimizer:
-    """The book's dense Adam (`adam`), or `sparse_adam`: lazy Adam on the rows a batch touches
-    (tasks/word2vec/row_adam.py: `RowAdam`, fed by `sgns_step`'s closed-form gradient). A row's
-    weights and moments change only in the steps whose batch touches it (bias correction by the
-    global step, as torch.optim.SparseAdam); the touched rows get torch.optim.Adam's fused update."""
+    """The book's dense Adam (`adam`), or `sparse_adam`: the same dense Adam computed on the rows a
+    batch touches (tasks/word2vec/row_adam.py: `RowAdam`, fed by `sgns_step`'s closed-form gradient).
+    A row a batch skips is brought up to date (its missed zero-gradient steps in closed form) when a
+    batch next touches it and at `flush()`, which the epoch loop calls before anything reads the weights."""
     if cfg.optimizer == "sparse_adam":
         return RowAdam(list(model.parameters()), lr=cfg.lr)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
@@ -182,7 +182,7 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         for first in progress:
             rows = order[first:first + cfg.batch_size]
             part = entries.select(rows[distributed.shard(len(rows), ctx)] if ctx.distributed else rows)
-            if sparse:  # closed-form gradient, lazy Adam on the touched rows
+            if sparse:  # closed-form gradient, dense Adam computed on the touched rows
                 loss, updates = sgns_step(model.embed_v.weight, model.embed_u.weight, part.offsets, part.centers,
                                           part.words, part.labels, part.weights)
                 optimizer.step_rows(updates)
@@ -192,6 +192,8 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
                 distributed.global_sum(loss, ctx).backward()
                 optimizer.step()
             loss_sum += loss.detach()
+        if sparse:  # the rows no batch touched since: up to date before validation and the checkpoint
+            optimizer.flush()
         examples = len(entries)
         loss_sum, = distributed.all_sum([float(loss_sum)], ctx)
         seconds = time.perf_counter() - start
