@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.profiler import record_function
 
 # torch warns once per process that CSR tensors are "in beta"; sampled_addmm on them is what this uses.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
@@ -106,42 +107,76 @@ class RowAdam(torch.optim.Optimizer):
                 state["moments"].index_copy_(1, rows, moments)
                 state["last"].fill_(steps)
 
+    def _params(self) -> list[tuple[dict, torch.Tensor]]:
+        return [(group, param) for group in self.param_groups for param in group["params"]]
+
+    @torch.no_grad()
+    def gather(self, rows: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For distinct `rows` of each parameter (in parameter order): copies of their weights and moments
+        (2, rows, ...), brought up to the steps taken (the zero-gradient steps they missed, in closed form).
+        A gradient computed from these weights is the one dense Adam would see; `apply` takes it."""
+        params = self._params()
+        if len(rows) != len(params):
+            raise ValueError(f"RowAdam: rows for {len(rows)} parameters, it has {len(params)}")
+        gathered = []
+        for (group, param), ids in zip(params, rows, strict=True):
+            state = self._state(param)
+            value, moments = param.index_select(0, ids), state["moments"].index_select(1, ids)
+            done, last = int(state["step"]), state["last"].index_select(0, ids)
+            stale = last.ne(done).nonzero().squeeze(1)
+            if len(stale):
+                stale_value, stale_moments = value.index_select(0, stale), moments.index_select(1, stale)
+                self._catch_up(stale_value, stale_moments, last.index_select(0, stale), done, group["lr"],
+                               *group["betas"], group["eps"])
+                value.index_copy_(0, stale, stale_value)
+                moments.index_copy_(1, stale, stale_moments)
+            gathered.append((value, moments))
+        return gathered
+
+    @torch.no_grad()
+    def apply(self, rows: list[torch.Tensor], gathered: list[tuple[torch.Tensor, torch.Tensor]],
+              grads: list[torch.Tensor]) -> None:
+        """One Adam step: `gathered` (from `gather` for the same `rows`) updated with `grads` (rows, ...) by
+        torch.optim.Adam(fused=True)'s kernel (one call per parameter group) and written back with the
+        rows' step; every parameter's step count advances."""
+        params = self._params()
+        by_group: dict[int, list] = {}
+        for (group, param), ids, (value, moments), grad in zip(params, rows, gathered, grads, strict=True):
+            state = self._state(param)
+            if len(ids) == 0:
+                state["step"] += 1  # the kernel counts the others' steps
+                continue
+            state["last"].index_fill_(0, ids, int(state["step"]) + 1)
+            by_group.setdefault(id(group), [group, []])[1].append((param, state, ids, value, moments, grad))
+        for group, entries in by_group.values():
+            (beta1, beta2) = group["betas"]
+            steps = [state["step"] for _, state, *_ in entries]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_([e[3] for e in entries], [e[5].contiguous() for e in entries],
+                               [e[4][0] for e in entries], [e[4][1] for e in entries], [], steps, amsgrad=False,
+                               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
+                               maximize=False)
+            for param, state, ids, value, moments, _ in entries:
+                param.index_copy_(0, ids, value)
+                state["moments"].index_copy_(1, ids, moments)
+
+    @torch.no_grad()
+    def catch_up(self, rows: list[torch.Tensor]) -> None:
+        """Bring `rows` of each parameter up to the steps taken, in place: before a gradient that reads
+        them is computed outside `gather` (as for `step()` with autograd's gradients)."""
+        for (_, param), ids, (value, moments) in zip(self._params(), rows, self.gather(rows), strict=True):
+            state = self.state[param]
+            param.index_copy_(0, ids, value)
+            state["moments"].index_copy_(1, ids, moments)
+            state["last"].index_fill_(0, ids, int(state["step"]))
+
     @torch.no_grad()
     def step_rows(self, updates: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        params = [p for group in self.param_groups for p in group["params"]]
-        if len(updates) != len(params):
-            raise ValueError(f"step_rows: {len(updates)} updates for {len(params)} parameters")
-        i = 0
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            values, grads, exp_avgs, exp_avg_sqs, steps, writes = [], [], [], [], [], []
-            for param in group["params"]:
-                rows, grad = updates[i]
-                i += 1
-                state = self._state(param)
-                if len(rows) == 0:
-                    state["step"] += 1  # the kernel counts the others' steps
-                    continue
-                done = int(state["step"])
-                value = param.index_select(0, rows)
-                moments = state["moments"].index_select(1, rows)
-                last = state["last"]
-                self._catch_up(value, moments, last.index_select(0, rows), done, lr, beta1, beta2, eps)
-                last.index_fill_(0, rows, done + 1)
-                values.append(value)
-                grads.append(grad.contiguous())
-                exp_avgs.append(moments[0])
-                exp_avg_sqs.append(moments[1])
-                steps.append(state["step"])
-                writes.append((param, state["moments"], rows, value, moments))
-            if not values:
-                continue
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(values, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr, beta1=beta1,
-                               beta2=beta2, weight_decay=0.0, eps=eps, maximize=False)
-            for param, all_moments, rows, value, moments in writes:
-                param.index_copy_(0, rows, value)
-                all_moments.index_copy_(1, rows, moments)
+        """One step with the given (distinct rows, gradient rows) per parameter: `gather` then `apply`.
+        The gradient is taken as given: computed from weights not yet caught up (call `catch_up` first),
+        it is not the one dense Adam would see."""
+        rows = [ids for ids, _ in updates]
+        self.apply(rows, self.gather(rows), [grad for _, grad in updates])
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch.optim.Optimizer's signature
@@ -216,29 +251,76 @@ def sgns_step(weight_v: torch.Tensor, weight_u: torch.Tensor, offsets: torch.Ten
               weights: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """The loss sum_i weights_i · BCE(v[centers_i] · u[words_i], labels_i) of a batch of pairs grouped
     by example (example e: pairs offsets[e]:offsets[e+1], all with one center) and its gradient as
-    (distinct rows, gradient rows) per table, `RowAdam.step_rows`' input; the loss is detached.
-
-    One (pairs × dim) tensor where autograd makes five: the logits are a sampled matrix product of the
-    examples' center rows and the context table (a CSR pattern of the pairs), the center gradient an
-    embedding bag of the words' rows weighted by d loss / d logit = weights · (sigmoid(logit) - label)."""
+    (distinct rows, gradient rows) per table, `RowAdam.step_rows`' input; the loss is detached."""
     with torch.no_grad():
-        examples, dim = len(offsets) - 1, weight_v.shape[1]
-        if len(words) == 0:
-            empty = torch.zeros(0, dtype=torch.int64, device=words.device)
-            no_rows = weight_v.new_zeros((0, dim))
-            return weight_v.new_zeros(()), [(empty, no_rows), (empty, no_rows)]
+        batch = _Batch(weight_v, weight_u, offsets, centers, words)
+        if batch.empty:
+            return weight_v.new_zeros(()), batch.no_update()
+        tables = (weight_v.index_select(0, batch.center_rows), weight_u.index_select(0, batch.word_rows))
+        loss, grads = batch.loss_and_gradient(*tables, labels, weights)
+    return loss, [(batch.center_rows, grads[0]), (batch.word_rows, grads[1])]
+
+
+def sgns_adam_step(optimizer: RowAdam, weight_v: torch.Tensor, weight_u: torch.Tensor, offsets: torch.Tensor,
+                   centers: torch.Tensor, words: torch.Tensor, labels: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """One training step of `sparse_adam` on a batch (`sgns_step`'s arguments; `optimizer` holds
+    [weight_v, weight_u]): the batch's distinct rows of both tables gathered with their moments and
+    brought up to date (`RowAdam.gather`), the loss and its gradient on those rows, dense Adam's step
+    on them (`RowAdam.apply`). Returns the detached loss."""
+    with torch.no_grad():
+        batch = _Batch(weight_v, weight_u, offsets, centers, words)
+        if batch.empty:
+            optimizer.step_rows(batch.no_update())
+            return weight_v.new_zeros(())
+        rows = [batch.center_rows, batch.word_rows]
+        with record_function("row_adam: gather and catch up"):
+            gathered = optimizer.gather(rows)
+        with record_function("row_adam: loss and gradient"):
+            loss, grads = batch.loss_and_gradient(gathered[0][0], gathered[1][0], labels, weights)
+        with record_function("row_adam: adam and write back"):
+            optimizer.apply(rows, gathered, grads)
+    return loss
+
+
+class _Batch:
+    """A batch's distinct rows of both tables and its pairs in their compact indices."""
+
+    def __init__(self, weight_v: torch.Tensor, weight_u: torch.Tensor, offsets: torch.Tensor, centers: torch.Tensor,
+                 words: torch.Tensor) -> None:
+        self.offsets, self.dim, self.empty = offsets, weight_v.shape[1], len(words) == 0
+        self.like = weight_v
+        if self.empty:
+            return
+        examples = len(offsets) - 1
         example_centers = centers.index_select(0, offsets[:-1].clamp(max=len(centers) - 1))  # any row if empty
-        v = weight_v.index_select(0, example_centers)  # (examples, dim)
-        pattern = torch.sparse_csr_tensor(offsets, words, torch.zeros_like(labels), size=(examples, len(weight_u)),
-                                          check_invariants=False)
-        logits = torch.sparse.sampled_addmm(pattern, v, weight_u.t(), beta=0.0).values()
+        self.center_rows, center_rank = unique_rows(centers, weight_v.shape[0])  # an empty example adds 0 anywhere
+        self.word_rows, word_rank = unique_rows(words, weight_u.shape[0])
+        self.example_slots = center_rank.index_select(0, example_centers)
+        self.word_slots = word_rank.index_select(0, words)
+        self.pair_example = torch.repeat_interleave(torch.arange(examples, device=words.device), offsets.diff())
+
+    def no_update(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        empty = torch.zeros(0, dtype=torch.int64, device=self.offsets.device)
+        no_rows = self.like.new_zeros((0, self.dim))
+        return [(empty, no_rows), (empty, no_rows)]
+
+    def loss_and_gradient(self, center_table: torch.Tensor, word_table: torch.Tensor, labels: torch.Tensor,
+                          weights: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The loss and its gradient for the compact tables (the distinct rows). One (pairs × dim) tensor
+        where autograd makes five: the logits are a sampled matrix product of the examples' center rows and
+        the word rows (a CSR pattern of the pairs), the center gradient an embedding bag of the words' rows
+        weighted by d loss / d logit = weights · (sigmoid(logit) - label)."""
+        offsets, examples = self.offsets, len(self.offsets) - 1
+        v = center_table.index_select(0, self.example_slots)  # (examples, dim)
+        pattern = torch.sparse_csr_tensor(offsets, self.word_slots, torch.zeros_like(labels),
+                                          size=(examples, len(word_table)), check_invariants=False)
+        logits = torch.sparse.sampled_addmm(pattern, v, word_table.t(), beta=0.0).values()
         loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights, reduction="sum")
         scale = torch.sigmoid(logits).sub_(labels).mul_(weights)
-        grad_examples = F.embedding_bag(words, weight_u, offsets[:-1], mode="sum", per_sample_weights=scale)
-        center_rows, center_rank = unique_rows(centers, weight_v.shape[0])  # an empty example adds 0 anywhere
-        grad_v = v.new_zeros((len(center_rows), dim)).index_add_(0, center_rank[example_centers], grad_examples)
-        word_rows, word_rank = unique_rows(words, weight_u.shape[0])
-        example = torch.repeat_interleave(torch.arange(examples, device=words.device), offsets.diff())
-        grad_u = v.new_zeros((len(word_rows), dim)).index_add_(
-            0, word_rank[words], v.index_select(0, example).mul_(scale.unsqueeze(1)))
-    return loss, [(center_rows, grad_v), (word_rows, grad_u)]
+        grad_examples = F.embedding_bag(self.word_slots, word_table, offsets[:-1], mode="sum",
+                                        per_sample_weights=scale)
+        grad_v = torch.zeros_like(center_table).index_add_(0, self.example_slots, grad_examples)
+        grad_u = torch.zeros_like(word_table).index_add_(
+            0, self.word_slots, v.index_select(0, self.pair_example).mul_(scale.unsqueeze(1)))
+        return loss, [grad_v, grad_u]

@@ -32,7 +32,7 @@ from tasks.params import Word2vecPreprocessParams, Word2vecTrainParams
 from tasks.progress import EpochProgress
 from tasks.runtime import isolated_rng, save_checkpoint
 from tasks.word2vec.preprocess import Corpus, Samples, make_samples, split_rng
-from tasks.word2vec.row_adam import RowAdam, sgns_step
+from tasks.word2vec.row_adam import RowAdam, sgns_adam_step
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def pair_loss(logits: torch.Tensor, part: Entries) -> torch.Tensor:
 
 def make_optimizer(model: SkipGram, cfg: Word2vecTrainParams, device: torch.device) -> torch.optim.Optimizer:
     """The book's dense Adam (`adam`), or `sparse_adam`: the same dense Adam computed on the rows a
-    batch touches (tasks/word2vec/row_adam.py: `RowAdam`, fed by `sgns_step`'s closed-form gradient).
+    batch touches (tasks/word2vec/row_adam.py: `RowAdam`, trained by `sgns_adam_step`: closed-form gradient).
     A row a batch skips is brought up to date (its missed zero-gradient steps in closed form) when a
     batch next touches it and at `flush()`, which the epoch loop calls before anything reads the weights."""
     if cfg.optimizer == "sparse_adam":
@@ -183,9 +183,8 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
             rows = order[first:first + cfg.batch_size]
             part = entries.select(rows[distributed.shard(len(rows), ctx)] if ctx.distributed else rows)
             if sparse:  # closed-form gradient, dense Adam computed on the touched rows
-                loss, updates = sgns_step(model.embed_v.weight, model.embed_u.weight, part.offsets, part.centers,
-                                          part.words, part.labels, part.weights)
-                optimizer.step_rows(updates)
+                loss = sgns_adam_step(optimizer, model.embed_v.weight, model.embed_u.weight, part.offsets,
+                                      part.centers, part.words, part.labels, part.weights)
             else:
                 loss = pair_loss(pair_logits(part.centers, part.words), part)
                 optimizer.zero_grad(set_to_none=True)
