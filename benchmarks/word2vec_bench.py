@@ -46,7 +46,7 @@ from tasks.synthetic.ptb import write_synthetic_ptb  # noqa: E402
 from tasks.word2vec import evaluate as ev  # noqa: E402
 from tasks.word2vec import preprocess as pp  # noqa: E402
 from tasks.word2vec import train as tr  # noqa: E402
-from tasks.word2vec.row_adam import sgns_step  # noqa: E402
+from tasks.word2vec.row_adam import sgns_adam_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # About PTB's size: ~880k train tokens, a vocabulary of ~6.5k words after min_freq 10.
@@ -190,12 +190,9 @@ def profile_steps(task: Task, optimizer: str, steps: int) -> dict:
     def step(i: int) -> None:  # the training loop's step (tasks/word2vec/train.py), in labelled phases
         with record_function("phase: batch select"):
             part = entries.select(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-        if optimizer == "sparse_adam":
-            with record_function("phase: loss and gradient"):
-                _, updates = sgns_step(model.embed_v.weight, model.embed_u.weight, part.offsets, part.centers,
-                                       part.words, part.labels, part.weights)
-            with record_function("phase: optimizer"):
-                opt.step_rows(updates)
+        if optimizer == "sparse_adam":  # its phases: sgns_adam_step's (gather and catch up, loss and gradient,
+            sgns_adam_step(opt, model.embed_v.weight, model.embed_u.weight, part.offsets,  # adam and write back)
+                           part.centers, part.words, part.labels, part.weights)
             return
         with record_function("phase: loss and gradient"):
             loss = tr.pair_loss(model.pair_logits(part.centers, part.words), part)
