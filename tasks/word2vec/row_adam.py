@@ -128,14 +128,9 @@ class RowAdam(torch.optim.Optimizer):
                 gathered.append((param, state["moments"]))
                 continue
             value, moments = param.index_select(0, ids), state["moments"].index_select(1, ids)
-            done, last = int(state["step"]), state["last"].index_select(0, ids)
-            stale = last.ne(done).nonzero().squeeze(1)
-            if len(stale):
-                stale_value, stale_moments = value.index_select(0, stale), moments.index_select(1, stale)
-                self._catch_up(stale_value, stale_moments, last.index_select(0, stale), done, group["lr"],
-                               *group["betas"], group["eps"])
-                value.index_copy_(0, stale, stale_value)
-                moments.index_copy_(1, stale, stale_moments)
+            # every gathered row (one already up to date moves by exactly 0): cheaper than picking the stale ones
+            self._catch_up(value, moments, state["last"].index_select(0, ids), int(state["step"]), group["lr"],
+                           *group["betas"], group["eps"])
             gathered.append((value, moments))
         return gathered
 
