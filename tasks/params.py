@@ -97,8 +97,8 @@ class Word2vecTrainParams(Section):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(512, ge=1)
     resample_every_epoch: bool = False
-    # adam: the book's dense Adam over both tables; sparse_adam: sparse row gradients and
-    # torch.optim.SparseAdam, which updates only the rows a batch touches (lazy Adam moments).
+    # adam: the book's dense Adam over both tables; sparse_adam: the same dense Adam computed on the
+    # rows a batch touches (closed-form gradient; skipped rows caught up in closed form).
     optimizer: Literal["adam", "sparse_adam"] = "adam"
     out_dir: str = "artifacts/word2vec/train"
     checkpoint_dir: str = "checkpoints/word2vec"
