@@ -187,7 +187,7 @@ def test_sparse_training_follows_the_books_dense_adam(small_ptb: Preprocessed, t
     assert [h["loss"] for h in sparse.history] == pytest.approx([h["loss"] for h in dense.history], rel=1e-5)
 
 
-@pytest.mark.parametrize("whole_table_share", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("whole_table_share", [0.0, row_adam.WHOLE_TABLE_SHARE, 1.0])
 def test_sparse_training_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(
         small_ptb: Preprocessed, tmp_path: Path, monkeypatch, whole_table_share: float):
     monkeypatch.setattr(row_adam, "WHOLE_TABLE_SHARE", whole_table_share)
