@@ -17,6 +17,7 @@ def test_the_train_stage_is_a_spec_the_kit_runs(pipeline: str) -> None:
     assert isinstance(stages.TRAIN, kit.TrainSpec)
     assert stages.TRAIN.pipeline == pipeline
     assert stages.STAGES["train"] is stages.train
+    assert kit.epoch_loop in stages.TRAIN.code  # its loop is the kit's: a checkpoint of another loop is not resumed
     outputs = kit.train_outputs(Params(), pipeline)
     assert {path.name for path in outputs.values()} == {"model.pt", "history.csv", "metrics.json", "run.json",
                                                         "validation.csv"}
