@@ -213,19 +213,23 @@ class FitResult:
 def epoch_loop(job: TrainJob, model: nn.Module | dict[str, nn.Module],
                optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer], epochs: int,
                train_epoch: Callable[[int], dict], validate: Callable[[nn.Module, int], dict] | None = None,
-               unit: str = "examples/s", show: tuple[str, ...] = (), loss: str = "loss") -> FitResult:
+               unit: str = "examples/s", show: tuple[str, ...] = (), loss: str = "loss",
+               rate: str = "examples_per_s", seconds: bool = True, extra: dict[str, Any] | None = None) -> FitResult:
     """The train loop a pipeline gets from the kit: resume from `job.state`, then for each epoch
     `train_epoch(epoch)` (0-based; returns {"loss": ..., "examples": n, ...}, summed over ranks by the
-    caller), `validate(model, epoch)` under an isolated random stream, the progress line (with the record's
-    `show` keys), the checkpoint (rank 0) and `job.on_epoch`. The history records carry "epoch", "loss",
-    "examples_per_s", "seconds" and what `train_epoch` and `validate` returned. Several models trained
+    caller), `validate(model, epoch)` (in eval mode) under an isolated random stream, the progress line (with
+    the record's `show` keys), the checkpoint (rank 0) and `job.on_epoch`. The history records carry "epoch",
+    "loss", "examples_per_s", "seconds" and what `train_epoch` and `validate` returned. Several models trained
     together (a GAN's generator and discriminator) are dicts of modules and of optimizers, checkpointed under
-    their keys; `loss` names the record's key the progress line shows as the loss."""
+    their keys; `loss` names the record's key the progress line shows as the loss. `rate` names the record's
+    throughput key (word2vec's "center_words_per_s"), `seconds=False` leaves the epoch's seconds out of the
+    record, and `extra` holds further state checkpointed and restored under its keys (a GradScaler: "scaler")."""
     modules = model if isinstance(model, dict) else {"model": model}
     optimizers = optimizer if isinstance(optimizer, dict) else {"optimizer": optimizer}
+    extra = extra or {}
     result = FitResult(next(iter(modules.values())), models=modules)
     if job.state is not None:
-        result.history, result.resumed_from_epoch = restore(job.state, **modules, **optimizers)
+        result.history, result.resumed_from_epoch = restore(job.state, **modules, **optimizers, **extra)
         log.info("resuming from %s after epoch %d", job.checkpoint, result.resumed_from_epoch)
     ctx = job.ctx
     progress = EpochProgress(f"{job.pipeline}_{job.stage}", epochs, result.resumed_from_epoch,
@@ -235,19 +239,20 @@ def epoch_loop(job: TrainJob, model: nn.Module | dict[str, nn.Module],
         for module in modules.values():
             module.train()
         scores = train_epoch(epoch)
-        seconds = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
         examples = scores.pop("examples")
-        record = {"epoch": epoch + 1, **scores, "examples_per_s": examples / seconds, "seconds": seconds}
+        record = {"epoch": epoch + 1, **scores, rate: examples / elapsed, **({"seconds": elapsed} if seconds else {})}
         if validate is not None:
             with isolated_rng(job.device):  # validating must not change what training draws next
                 result.model.eval()
                 record.update(validate(result.model, epoch + 1))
         result.history.append(record)
-        progress.epoch(epoch + 1, record[loss], record["examples_per_s"], unit,
+        progress.epoch(epoch + 1, record[loss], record[rate], unit,
                        **{key: record[key] for key in show if key in record})
         if ctx.is_main:
             save_checkpoint(job.checkpoint, {"epoch": epoch + 1, **{k: m.state_dict() for k, m in modules.items()},
                                              **{k: o.state_dict() for k, o in optimizers.items()},
+                                             **{k: x.state_dict() for k, x in extra.items()},
                                              "history": result.history, "fingerprint": job.fingerprint,
                                              "run_id": job.run_id})
         if job.on_epoch is not None:

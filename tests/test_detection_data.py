@@ -3,6 +3,8 @@ refusal of a non-finite loss."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 from models.detection import build_detector
 from tasks.detection.annotations import read_split
 from tasks.detection.data import DetectionDataset, preprocess
-from tasks.detection.train import train
+from tasks.detection.train import LOSSES, train
 from tasks.detection.transforms import TrainTransform
 from tasks.errors import D2lflowError
 from tasks.params import DetectionPreprocessParams, DetectionTrainParams, SyntheticVocParams
@@ -76,7 +78,8 @@ def test_a_non_finite_loss_stops_training_with_the_loss_dict(voc, tmp_path: Path
     assert not (tmp_path / "c.pt").exists()
 
 
-def test_validating_during_training_does_not_change_the_trained_weights(voc, tmp_path: Path) -> None:
+def test_validating_during_training_does_not_change_the_trained_weights(voc, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """Faster R-CNN's samplers draw from torch's global generator; a validation that draws too (a
     DataLoader iterator takes its base seed from it) must leave that stream alone."""
     data, out, _ = voc
@@ -97,10 +100,17 @@ def test_validating_during_training_does_not_change_the_trained_weights(voc, tmp
         for hook, name in ((None, "plain"), (validate, "validated")):
             torch.manual_seed(0)
             model = build_detector("mobilenet_v3_large_320_fpn", 21, "none", 16, 96, 128)
-            result = train(model, DetectionDataset(out / "train", data), cfg, 0, torch.device("cpu"),
-                           tmp_path / f"{name}.pt", "fp", validate=hook)
+            with caplog.at_level(logging.INFO, logger="tasks.progress"):
+                result = train(model, DetectionDataset(out / "train", data), cfg, 0, torch.device("cpu"),
+                               tmp_path / f"{name}.pt", "fp", validate=hook)
             weights.append(result.model.state_dict())
     finally:
         torch.set_num_threads(threads)
     assert calls == [1, 2] and [h["val_probe"] for h in result.history] == [1.0, 2.0]
+    # the per-epoch MLflow metrics are the record's keys: the four losses, loss and images/s (no seconds)
+    assert all(sorted(h) == sorted(["epoch", *LOSSES, "loss", "images_per_s", "val_probe"]) for h in result.history)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.progress"]
+    line = (r"detection_train epoch ([12])/2 loss=\S+ loss_classifier=\S+ loss_box_reg=\S+ loss_objectness=\S+ "
+            r"loss_rpn_box_reg=\S+ \S+ images/s elapsed \S+ ETA \S+")
+    assert [re.fullmatch(line, m)[1] if re.fullmatch(line, m) else m for m in lines] == ["1", "2"] * 2
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

@@ -17,6 +17,7 @@ def test_the_train_stage_is_a_spec_the_kit_runs(pipeline: str) -> None:
     assert isinstance(stages.TRAIN, kit.TrainSpec)
     assert stages.TRAIN.pipeline == pipeline
     assert stages.STAGES["train"] is stages.train
+    assert kit.epoch_loop in stages.TRAIN.code  # its loop is the kit's: a checkpoint of another loop is not resumed
     outputs = kit.train_outputs(Params(), pipeline)
     assert {path.name for path in outputs.values()} == {"model.pt", "history.csv", "metrics.json", "run.json",
                                                         "validation.csv"}
@@ -73,3 +74,50 @@ def test_epoch_loop_checkpoints_every_epoch_and_a_resumed_run_ends_with_the_same
         assert torch.equal(value, resumed.model.state_dict()[key])
     saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert saved["epoch"] == 3 and saved["fingerprint"] == "fp"
+
+
+class _Steps:
+    """A stateful object beside the model and optimizer (as a GradScaler): counts the steps taken."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def state_dict(self) -> dict:
+        return {"n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n = state["n"]
+
+
+def _named_loop(tmp_path, epochs: int, steps: _Steps, resume: bool = False) -> kit.FitResult:
+    import torch
+
+    from tasks import distributed
+    from tasks.runtime import load_checkpoint
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint = tmp_path / "last.pt"
+    job = kit.TrainJob("demo", Params(), None, distributed.Context(torch.device("cpu")), checkpoint, "fp",
+                       load_checkpoint(checkpoint, "fp") if resume else None)
+
+    def train_epoch(epoch: int) -> dict:
+        steps.n += 1
+        return {"loss": float(steps.n), "words": 5, "examples": 10}
+
+    return kit.epoch_loop(job, model, optimizer, epochs, train_epoch, rate="center_words_per_s", seconds=False,
+                          extra={"steps": steps})
+
+
+def test_epoch_loop_names_its_rate_key_can_leave_seconds_out_and_checkpoints_extra_state(tmp_path) -> None:
+    import torch
+
+    first = _named_loop(tmp_path, 2, _Steps())
+    assert [sorted(h) for h in first.history] == [["center_words_per_s", "epoch", "loss", "words"]] * 2
+    assert all(h["center_words_per_s"] > 0 for h in first.history)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["steps"] == {"n": 2}
+    fresh = _Steps()  # a resumed run gets the extra state back before its next epoch
+    resumed = _named_loop(tmp_path, 3, fresh, resume=True)
+    assert resumed.resumed_from_epoch == 2 and fresh.n == 3 and resumed.history[-1]["loss"] == 3.0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["steps"] == {"n": 3}

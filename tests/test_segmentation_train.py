@@ -3,6 +3,8 @@ the weights of an uninterrupted one."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,8 @@ def test_void_pixels_never_contribute_to_the_loss() -> None:
     assert pixel_loss(logits, labels)[0] == pytest.approx(float(expected), rel=1e-6)
 
 
-def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
     data = write_synthetic_voc(tmp_path / "VOCdevkit", SyntheticVocParams(train_images=6, val_images=2,
                                                                            image_size=(72, 80), seed=2))
     preprocess(data, tmp_path / "pre", SegmentationPreprocessParams(crop_size=CROP))
@@ -49,10 +52,17 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
     train(build_fcn(21, "none"), dataset, cfg.model_copy(update={"epochs": 1}), 0, cpu, tmp_path / "b.pt", "fp")
     state = load_checkpoint(tmp_path / "b.pt", "fp")
     assert state is not None and state["epoch"] == 1
+    assert sorted(state) == ["epoch", "fingerprint", "history", "model", "optimizer", "run_id", "scaler"]
     torch.manual_seed(123)  # the resumed model's own init must not matter
-    resumed = train(build_fcn(21, "none"), dataset, cfg, 0, cpu, tmp_path / "b.pt", "fp", state=state)
+    with caplog.at_level(logging.INFO, logger="tasks.progress"):
+        resumed = train(build_fcn(21, "none"), dataset, cfg, 0, cpu, tmp_path / "b.pt", "fp", state=state)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.progress"]
+    line = (r"segmentation_train epoch ([23])/3 loss=\d+\.\d{4} train_pixel_accuracy=\S+ \S+ images/s "
+            r"elapsed \S+ ETA \S+")
+    assert [re.fullmatch(line, m)[1] if re.fullmatch(line, m) else m for m in lines] == ["2", "3"]
     assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 3
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
+    assert all(sorted(h) == ["epoch", "images_per_s", "loss", "seconds", "train_pixel_accuracy"] for h in whole.history)
     assert load_checkpoint(tmp_path / "b.pt", "other params") is None

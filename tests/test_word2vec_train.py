@@ -3,6 +3,8 @@ exact resume from checkpoints, per-epoch resampling, and a learning check on pla
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,19 +157,24 @@ def _equal_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("resample", [False, True])
 def test_resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run(
-        small_ptb: Preprocessed, tmp_path: Path, resample: bool):
+        small_ptb: Preprocessed, tmp_path: Path, resample: bool, caplog: pytest.LogCaptureFixture):
     cfg = _cfg(resample_every_epoch=resample)
     whole = _train(small_ptb, cfg, tmp_path / "whole.pt")
 
     _train(small_ptb, cfg.model_copy(update={"epochs": 1}), tmp_path / "part.pt")
     state = load_checkpoint(tmp_path / "part.pt", "fp")
     assert state is not None and state["epoch"] == 1
-    resumed = _train(small_ptb, cfg, tmp_path / "part.pt", state=state)
+    with caplog.at_level(logging.INFO, logger="tasks.progress"):
+        resumed = _train(small_ptb, cfg, tmp_path / "part.pt", state=state)
 
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.progress"]
+    line = r"word2vec_train epoch ([23])/3 loss=\d+\.\d{4} \S+ center words/s elapsed \S+ ETA \S+"
+    assert [re.fullmatch(line, m)[1] if re.fullmatch(line, m) else m for m in lines] == ["2", "3"]  # resumed epochs
     assert resumed.resumed_from_epoch == 1
     assert _equal_weights(whole.model, resumed.model)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert all(sorted(h) == ["center_words_per_s", "epoch", "loss", "seconds"] for h in resumed.history)
     final = load_checkpoint(tmp_path / "part.pt", "fp")
     assert final["epoch"] == 3
     assert all(torch.equal(final["model"][k], v) for k, v in whole.model.state_dict().items())

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,22 +19,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tasks import accel, distributed
+from tasks import accel, distributed, kit
 from tasks.detection.data import DetectionDataset, collate
 from tasks.errors import D2lflowError
 from tasks.params import DetectionTrainParams
-from tasks.progress import EpochProgress
-from tasks.runtime import isolated_rng, restore, save_checkpoint
 
 log = logging.getLogger(__name__)
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
 
-@dataclass
-class TrainResult:
-    model: nn.Module
-    history: list[dict] = field(default_factory=list)
-    resumed_from_epoch: int = 0
+TrainResult = kit.FitResult  # what `train` returns: .model, .history, .resumed_from_epoch
 
 
 def epoch_loader(dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int, epoch: int,
@@ -52,8 +44,9 @@ def epoch_loader(dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int
 def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams, seed: int, device: torch.device,
           checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
           on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None,
-          validate: Callable[[nn.Module, int], dict] | None = None) -> TrainResult:
-    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given.
+          validate: Callable[[nn.Module, int], dict] | None = None) -> kit.FitResult:
+    """Train for `cfg.epochs` through the kit's loop (`kit.epoch_loop`), resuming from `state` (a checkpoint
+    for the same fingerprint, its GradScaler under "scaler") when given.
     `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, and every
     rank returns the same history (means over the ranks)."""
     ctx = ctx or distributed.Context(device)
@@ -62,22 +55,14 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp = accel.precision(cfg.amp, device, "detection.train.amp")
     scaler = torch.amp.GradScaler("cuda", enabled=amp.scaler)
-    result = TrainResult(model)
-    if state is not None:
-        result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
-        log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
 
-    epoch_lines = EpochProgress("detection_train", cfg.epochs, result.resumed_from_epoch,
-                                enabled=ctx.local_rank == 0)  # one line per node: its console shows progress
-    for epoch in range(result.resumed_from_epoch, cfg.epochs):
+    def one_epoch(epoch: int) -> dict:
         loader = epoch_loader(dataset, cfg, seed, epoch, ctx)
         warmup = None
         if epoch == 0 and cfg.warmup_iters > 0:
             iters = min(cfg.warmup_iters, len(loader))
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=iters)
-        model.train()
-        start = time.perf_counter()
         sums = dict.fromkeys(LOSSES, 0.0)
         steps, images_seen = 0, 0
         for images, targets in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=5.0,
@@ -106,20 +91,10 @@ def train(model: nn.Module, dataset: DetectionDataset, cfg: DetectionTrainParams
             images_seen += len(images)
         *totals, steps, images_seen = distributed.all_sum([*(sums[name] for name in LOSSES), steps, images_seen], ctx)
         sums = dict(zip(LOSSES, totals))
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, **{name: sums[name] / steps for name in LOSSES},
-                  "loss": sum(sums.values()) / steps, "images_per_s": images_seen / seconds}
-        if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
-            with isolated_rng(device):  # validating must not change what training draws next
-                record.update(validate(model, epoch + 1))
-        result.history.append(record)
-        epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
-                          **{name: record[name] for name in LOSSES})
-        if ctx.is_main:
-            save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                         "history": result.history, "fingerprint": run_fingerprint,
-                                         "run_id": run_id})
-        if on_epoch is not None:
-            on_epoch(record)
-    return result
+        return {**{name: sums[name] / steps for name in LOSSES}, "loss": sum(sums.values()) / steps,
+                "examples": images_seen}
+
+    job = kit.TrainJob("detection", None, cfg, ctx, checkpoint, run_fingerprint, state, run_id=run_id,
+                       on_epoch=on_epoch)  # held-out scores: `validate` ({} on epochs it skips), on every rank
+    return kit.epoch_loop(job, model, optimizer, cfg.epochs, one_epoch, validate, unit="images/s", show=LOSSES,
+                          rate="images_per_s", seconds=False, extra={"scaler": scaler})

@@ -102,7 +102,7 @@ TRAIN = kit.TrainSpec(
         params.segmentation.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers", "pin_memory",
                                                       "eval_every"}),
         params.segmentation.preprocess.model_dump(exclude={"out_dir"})),
-    code=(tr, build_fcn),
+    code=(tr, build_fcn, kit.epoch_loop),  # the loop itself lives in the kit
     prepare=_prepare,
     fit=_fit,
     summary=_summary,

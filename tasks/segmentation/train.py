@@ -15,9 +15,7 @@ order, except for BatchNorm, whose batch statistics are per rank unless `sync_ba
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,11 +24,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tasks import accel, distributed
+from tasks import accel, distributed, kit
 from tasks.errors import D2lflowError
 from tasks.params import SegmentationTrainParams
-from tasks.progress import EpochProgress
-from tasks.runtime import isolated_rng, restore, save_checkpoint
 from tasks.segmentation.data import SegmentationDataset, collate_crops, device_batch
 from tasks.voc import VOID
 
@@ -45,11 +41,7 @@ def pixel_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss.flatten(1).sum(dim=1) / valid.clamp(min=1)
 
 
-@dataclass
-class TrainResult:
-    model: nn.Module
-    history: list[dict] = field(default_factory=list)
-    resumed_from_epoch: int = 0
+TrainResult = kit.FitResult  # what `train` returns: .model, .history, .resumed_from_epoch
 
 
 def check_distributed(cfg: SegmentationTrainParams, images: int, ctx: distributed.Context) -> None:
@@ -79,8 +71,9 @@ def epoch_loader(dataset: SegmentationDataset, cfg: SegmentationTrainParams, see
 def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrainParams, seed: int,
           device: torch.device, checkpoint, run_fingerprint: str, state: dict | None = None, run_id: str = "",
           on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None,
-          validate: Callable[[nn.Module, int], dict] | None = None) -> TrainResult:
-    """Train for `cfg.epochs`, resuming from `state` (a checkpoint for the same fingerprint) when given.
+          validate: Callable[[nn.Module, int], dict] | None = None) -> kit.FitResult:
+    """Train for `cfg.epochs` through the kit's loop (`kit.epoch_loop`), resuming from `state` (a checkpoint
+    for the same fingerprint, its GradScaler under "scaler") when given.
     `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, every rank
     returns the same history (sums over the ranks), and `result.model` is the unwrapped module."""
     ctx = ctx or distributed.Context(device)
@@ -92,18 +85,10 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     amp = accel.precision(cfg.amp, device, "segmentation.train.amp")
     scaler = torch.amp.GradScaler("cuda", enabled=amp.scaler)
-    result = TrainResult(model)
-    if state is not None:
-        result.history, result.resumed_from_epoch = restore(state, model=model, optimizer=optimizer, scaler=scaler)
-        log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     forward = accel.compiled(distributed.wrap(model, ctx), cfg.torch_compile)
     crops = dataset.uint8()  # the same crops as uint8: `device_batch` converts them where they train
 
-    epoch_lines = EpochProgress("segmentation_train", cfg.epochs, result.resumed_from_epoch,
-                                enabled=ctx.local_rank == 0)  # one line per node: its console shows progress
-    for epoch in range(result.resumed_from_epoch, cfg.epochs):
-        start = time.perf_counter()
-        model.train()
+    def one_epoch(epoch: int) -> dict:
         loss_sum, examples, correct, labelled = 0.0, 0, 0, 0
         batches = tqdm(epoch_loader(crops, cfg, seed, epoch, device, ctx), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        leave=False, mininterval=5.0, disable=not ctx.is_main)
@@ -128,21 +113,9 @@ def train(model: nn.Module, dataset: SegmentationDataset, cfg: SegmentationTrain
             examples += len(images)
         loss_sum, examples, correct, labelled = distributed.all_sum([loss_sum, examples, correct, labelled], ctx)
         examples = int(examples)
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "loss": loss_sum / examples,
-                  "train_pixel_accuracy": correct / max(labelled, 1),
-                  "images_per_s": examples / seconds, "seconds": seconds}
-        if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
-            with isolated_rng(device):  # validating must not change what training draws next
-                record.update(validate(model, epoch + 1))
-        result.history.append(record)
-        epoch_lines.epoch(epoch + 1, record["loss"], record["images_per_s"], "images/s",
-                       train_pixel_accuracy=record["train_pixel_accuracy"])
-        if ctx.is_main:
-            save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                         "history": result.history, "fingerprint": run_fingerprint,
-                                         "run_id": run_id})
-        if on_epoch is not None:
-            on_epoch(record)
-    return result
+        return {"loss": loss_sum / examples, "train_pixel_accuracy": correct / max(labelled, 1), "examples": examples}
+
+    job = kit.TrainJob("segmentation", None, cfg, ctx, checkpoint, run_fingerprint, state, run_id=run_id,
+                       on_epoch=on_epoch)  # held-out scores: `validate` ({} on epochs it skips), on every rank
+    return kit.epoch_loop(job, model, optimizer, cfg.epochs, one_epoch, validate, unit="images/s",
+                          show=("train_pixel_accuracy",), rate="images_per_s", extra={"scaler": scaler})

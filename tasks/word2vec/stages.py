@@ -114,7 +114,7 @@ TRAIN = kit.TrainSpec(
     data_dir=lambda params: params.path(params.word2vec.data.dir),
     fingerprint_config=lambda params: (params.word2vec.train.model_dump(exclude={"out_dir", "checkpoint_dir"}),
                                        params.word2vec.preprocess.model_dump(exclude={"out_dir"})),
-    code=(tr, row_adam, SkipGram),
+    code=(tr, row_adam, SkipGram, kit.epoch_loop),  # the loop itself lives in the kit
     prepare=_prepare,
     fit=_fit,
     summary=_summary,

@@ -15,9 +15,8 @@ float summation order.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +25,9 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from models.skipgram import PairLogits, SkipGram
-from tasks import distributed
+from tasks import distributed, kit
 from tasks.errors import D2lflowError
 from tasks.params import Word2vecPreprocessParams, Word2vecTrainParams
-from tasks.progress import EpochProgress
-from tasks.runtime import isolated_rng, save_checkpoint
 from tasks.word2vec.preprocess import Corpus, Samples, make_samples, split_rng
 from tasks.word2vec.row_adam import RowAdam, sgns_adam_step
 
@@ -124,22 +121,18 @@ def make_optimizer(model: SkipGram, cfg: Word2vecTrainParams, device: torch.devi
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
 
 
-@dataclass
-class TrainResult:
-    model: SkipGram
-    history: list[dict] = field(default_factory=list)
-    resumed_from_epoch: int = 0
+TrainResult = kit.FitResult  # what `train` returns: .model, .history, .resumed_from_epoch
 
 
 def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int, cfg: Word2vecTrainParams,
           pre_cfg: Word2vecPreprocessParams, seed: int, device: torch.device, checkpoint: Path,
           run_fingerprint: str, state: dict | None = None, run_id: str = "",
           on_epoch: Callable[[dict], None] | None = None, ctx: distributed.Context | None = None,
-          validate: Callable[[torch.nn.Module, int], dict] | None = None) -> TrainResult:
-    """Train for `cfg.epochs`, resuming from `state` (a checkpoint loaded by `load_checkpoint` for
-    the same `run_fingerprint`) when given; a checkpoint is written to `checkpoint` after every epoch.
-    `ctx` (default: one process on `device`): under DDP only rank 0 writes the checkpoint, and every
-    rank returns the same history (losses summed over the ranks).
+          validate: Callable[[torch.nn.Module, int], dict] | None = None) -> kit.FitResult:
+    """Train for `cfg.epochs` through the kit's loop (`kit.epoch_loop`), resuming from `state` (a
+    checkpoint loaded by `load_checkpoint` for the same `run_fingerprint`) when given; a checkpoint is
+    written to `checkpoint` after every epoch. `ctx` (default: one process on `device`): under DDP only
+    rank 0 writes the checkpoint, and every rank returns the same history (losses summed over the ranks).
 
     `samples` is the preprocess stage's draw (used for every epoch, as the book does, unless
     `cfg.resample_every_epoch`, where epoch e > 0 draws anew from `corpus` with its own seed).
@@ -153,21 +146,12 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
     torch.manual_seed(seed)
     model = SkipGram(vocab_size, cfg.embed_size).to(device)
     optimizer = make_optimizer(model, cfg, device)
-    result = TrainResult(model)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        result.history = list(state["history"])
-        result.resumed_from_epoch = int(state["epoch"])
-        log.info("resuming from %s after epoch %d", checkpoint, result.resumed_from_epoch)
     # DDP hooks the wrapped module's forward: the ragged form goes through PairLogits.forward.
     pair_logits = distributed.wrap(PairLogits(model), ctx) if ctx.distributed else model.pair_logits
-
     entries = None
-    epoch_lines = EpochProgress("word2vec_train", cfg.epochs, result.resumed_from_epoch,
-                                enabled=ctx.local_rank == 0)  # one line per node: its console shows progress
-    for epoch in range(result.resumed_from_epoch, cfg.epochs):
-        start = time.perf_counter()
+
+    def one_epoch(epoch: int) -> dict:
+        nonlocal entries
         drawn = samples
         if cfg.resample_every_epoch and epoch > 0:
             _, drawn = make_samples(corpus, counts, pre_cfg, split_rng(seed, "train", epoch))
@@ -175,7 +159,6 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
         if entries is None:
             entries = flatten_examples(drawn, np.arange(len(drawn))).to(device)
         order = torch.from_numpy(epoch_order(len(entries), seed, epoch)).to(device)
-        model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         progress = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                         leave=False, mininterval=2.0, disable=not ctx.is_main)
@@ -195,20 +178,12 @@ def train(samples: Samples, corpus: Corpus, counts: np.ndarray, vocab_size: int,
             optimizer.flush()
         examples = len(entries)
         loss_sum, = distributed.all_sum([float(loss_sum)], ctx)
-        seconds = time.perf_counter() - start
         if not np.isfinite(loss_sum):
             raise D2lflowError(f"epoch {epoch + 1}: the loss is not finite ({loss_sum}); lower word2vec.train.lr")
-        record = {"epoch": epoch + 1, "loss": loss_sum / examples, "seconds": seconds,
-                  "center_words_per_s": examples / seconds}
-        if validate is not None:  # held-out scores after this epoch (`{}` on epochs it skips), on every rank
-            with isolated_rng(device):  # validating must not change what training draws next
-                record.update(validate(model, epoch + 1))
-        result.history.append(record)
-        epoch_lines.epoch(epoch + 1, record["loss"], record["center_words_per_s"], "center words/s")
-        if ctx.is_main:
-            save_checkpoint(checkpoint, {"epoch": epoch + 1, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "history": result.history,
-                                         "fingerprint": run_fingerprint, "run_id": run_id})
-        if on_epoch is not None:
-            on_epoch(record)
-    return result
+        # the epoch's steps are done: the kit validates and checkpoints after this returns
+        return {"loss": loss_sum / examples, "examples": examples}
+
+    job = kit.TrainJob("word2vec", None, cfg, ctx, checkpoint, run_fingerprint, state, run_id=run_id,
+                       on_epoch=on_epoch)  # held-out scores: `validate` ({} on epochs it skips), on every rank
+    return kit.epoch_loop(job, model, optimizer, cfg.epochs, one_epoch, validate, unit="center words/s",
+                          rate="center_words_per_s")
