@@ -23,6 +23,16 @@ def test_the_train_stage_is_a_spec_the_kit_runs(pipeline: str) -> None:
                                                         "validation.csv"}
 
 
+def test_every_spec_whose_loop_is_the_kits_hashes_the_kits_loop() -> None:
+    """A change to kit.epoch_loop changes the fingerprint of every stage that trains in it, so no checkpoint of
+    another loop is resumed (style fits in its own loop and never resumes)."""
+    from tasks.classification import stages as classification
+    from tasks.generative import stages as generative
+
+    specs = [classification.TRAIN, generative.TRAIN_VAE, generative.TRAIN_DCGAN]
+    assert all(kit.epoch_loop in spec.code for spec in specs)
+
+
 def test_history_csv_formats_each_column_as_declared() -> None:
     history = [{"epoch": 1, "loss": 0.5, "rate": 1234.56, "seconds": 2.0},
                {"epoch": 2, "loss": 0.25, "rate": 99.0, "seconds": 1.5}]

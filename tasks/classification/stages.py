@@ -109,7 +109,7 @@ TRAIN = kit.TrainSpec(
         params.classification.train.model_dump(exclude={"out_dir", "checkpoint_dir", "num_workers",
                                                         "eval_batch_size"}),
         params.classification.preprocess.model_dump(exclude={"out_dir"})),
-    code=(tr, build_lenet),
+    code=(tr, build_lenet, kit.epoch_loop),  # the loop itself lives in the kit
     prepare=_prepare,
     fit=_fit,
     summary=_summary,

@@ -104,7 +104,7 @@ def _spec(name: str, columns: tuple[str, ...], prepare, fit) -> kit.TrainSpec:
         pre_dir=_train_file,
         fingerprint_config=lambda params: (getattr(params.generative, stage).model_dump(
             exclude={"out_dir", "checkpoint_dir"}),),
-        code=(tr, models.generative),
+        code=(tr, models.generative, kit.epoch_loop),  # the loop itself lives in the kit
         prepare=prepare, fit=fit, summary=_summary,
         epoch_metrics=lambda record: {k: v for k, v in record.items() if k not in ("epoch", "seconds")},
         logged_per_epoch=("images_per_s",),
